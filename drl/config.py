@@ -1,0 +1,85 @@
+"""Load and validate params.yaml: every problem is reported at once, naming the key, before any
+data is touched."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+SCHEMA_PATH = Path(__file__).parent / "schema" / "params.schema.yaml"
+
+
+class ParamsError(ValueError):
+    """params.yaml is unreadable or invalid; the message lists every problem found."""
+
+
+def _key(path) -> str:
+    return ".".join(str(p) for p in path) or "(top level)"
+
+
+def _semantic_errors(params: dict) -> list[str]:
+    errors = []
+    datasets = params.get("datasets", {})
+    for name, ds in datasets.items():
+        if ds.get("source") == "toy" and "toy" not in ds:
+            errors.append(f"datasets.{name}.toy: required when source is 'toy' (e.g. checkerboard)")
+        if ds.get("source") == "points" and "path" not in ds:
+            errors.append(f"datasets.{name}.path: required when source is 'points' (a .npy or .csv of 2-D points)")
+    runs = params.get("runs", {})
+    for name, run in runs.items():
+        where = f"runs.{name}"
+        if run.get("dataset") not in datasets:
+            errors.append(f"{where}.dataset: {run.get('dataset')!r} is not defined under datasets "
+                          f"(defined: {sorted(datasets)})")
+        d, s, o = run.get("diffusion", {}), run.get("sampler", {}), run.get("objective", {})
+        T = d.get("T", 1)
+        if d.get("schedule") == "released" and not 2 <= T <= 501:
+            errors.append(f"{where}.diffusion.T: the released schedule needs 2 <= T <= 501, got {T}")
+        if d.get("schedule") == "linear_sigma2" and d.get("sigma2_min", 0) > d.get("sigma2_max", 1):
+            errors.append(f"{where}.diffusion.sigma2_min: must not exceed sigma2_max")
+        conditional_top = d.get("top_level") == "conditional"
+        if s.get("K") == 0 and not conditional_top:
+            errors.append(f"{where}.sampler.K: K = 0 (normal approximation) needs diffusion.top_level: conditional")
+        if o.get("name") == "dsm" and not conditional_top:
+            errors.append(f"{where}.objective.name: dsm needs diffusion.top_level: conditional")
+        if s.get("step_size") == "released" and d.get("schedule") != "released" and not d.get("sigma0", 0) > 0:
+            errors.append(f"{where}.sampler.step_size: 'released' needs a lightly noised level 0 "
+                          "(diffusion.sigma0 > 0 or schedule: released)")
+    for name, fig in params.get("figures", {}).items():
+        for r in fig.get("runs", []):
+            if r not in runs:
+                errors.append(f"figures.{name}.runs: {r!r} is not defined under runs")
+        if fig.get("kind") == "comparison" and len(fig.get("runs", [])) < 2:
+            errors.append(f"figures.{name}.runs: a comparison figure needs at least two runs")
+    return errors
+
+
+def validate(params: dict, source: str = "params.yaml") -> dict:
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = [f"{_key(e.absolute_path)}: {e.message}" for e in validator.iter_errors(params)]
+    if not errors:
+        errors = _semantic_errors(params)
+    if errors:
+        raise ParamsError(f"{source} has {len(errors)} problem(s):\n  - " + "\n  - ".join(sorted(errors)))
+    return params
+
+
+def load_params(path: str | Path = "params.yaml") -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise ParamsError(f"{path} not found; run from the project root or pass --params PATH")
+    try:
+        params = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(params, dict):
+        raise ParamsError(f"{path} must be a mapping with 'datasets' and 'runs'")
+    return validate(params, str(path))
+
+
+def run_config(params: dict, run: str) -> dict:
+    if run not in params["runs"]:
+        raise ParamsError(f"run {run!r} is not defined under runs in params.yaml (defined: {sorted(params['runs'])})")
+    return params["runs"][run]

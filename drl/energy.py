@@ -1,0 +1,79 @@
+"""The sequence of conditional EBMs f_theta(y, t) (paper eq. 16) around a backbone.
+
+Two parameterisations (``../shared/docs/reference-notes.md``):
+
+* ``plain`` (paper): f(y, t) = net(y, t).
+* ``net_over_s2`` (released code): f(y, t) = net(y, t) / s_t^2, where s_t is the
+  Langevin step size of level t, so one Langevin step moves y by 0.5 grad net.
+
+Langevin step sizes per level (eq. 17 uses delta_t = b sigma_{t+1}):
+
+* ``paper``:    delta_t = b sigma[t+1]
+* ``released``: delta_t^2 = c_t b^2 sigma[t+1]^2 with c_t = sigma_cum[t] / sigma_cum[0]
+
+The score grad_y f is computed by autograd in exactly one place: ``ConditionalEBM.score``.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from drl.diffusion import Schedule, _per_example
+
+
+# Step size delta_t of eq. 17 for every EBM level t = 0..T-1.
+def langevin_step_sizes(sched: Schedule, rule: str, b: float) -> np.ndarray:
+    if b <= 0:
+        raise ValueError(f"sampler.b must be positive, got {b}")
+    if rule == "paper":
+        return b * sched.sigma[1:]
+    if rule == "released":
+        if sched.sigma_cum[0] <= 0:
+            raise ValueError("sampler.step_size 'released' needs a lightly noised level 0 "
+                             "(diffusion.sigma0 > 0 or the released schedule): c_t divides by sigma_cum[0]")
+        c = sched.sigma_cum[:-1] / sched.sigma_cum[0]
+        return np.sqrt(c) * b * sched.sigma[1:]
+    raise ValueError(f"unknown sampler.step_size {rule!r}; use 'paper' or 'released'")
+
+
+class ConditionalEBM(nn.Module):
+    """f_theta(y, t) for t = 0..T-1 plus the per-level constants the samplers need."""
+
+    def __init__(self, net: nn.Module, sched: Schedule, step_rule: str = "paper", b: float = 0.1,
+                 parameterisation: str = "plain"):
+        super().__init__()
+        if parameterisation not in ("plain", "net_over_s2"):
+            raise ValueError(f"unknown energy.parameterisation {parameterisation!r}; use 'plain' or 'net_over_s2'")
+        self.net = net
+        self.sched = sched
+        self.parameterisation = parameterisation
+        delta = langevin_step_sizes(sched, step_rule, b)
+        # Per-level constants, each indexed by the EBM level t = 0..T-1.
+        self.levels = {
+            "delta": delta,
+            "f_scale": delta**2 if parameterisation == "net_over_s2" else np.ones_like(delta),
+            "y_scale": sched.y_scale,
+            "tether_inv_var": sched.tether_inv_var,
+            "sigma_next": sched.sigma[1:],
+        }
+
+    @property
+    def T(self) -> int:
+        return self.sched.T
+
+    def per_level(self, name: str, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """A per-level constant (a key of ``self.levels``) gathered at t, broadcastable to ``like``."""
+        return _per_example(self.levels[name], t, like)
+
+    def forward(self, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """f_theta(y, t), one value per example."""
+        return self.net(y, t) / self.per_level("f_scale", t, y).view(-1)
+
+    # The one place the score is computed: grad_y f_theta(y, t) by autograd.
+    def score(self, y: torch.Tensor, t: torch.Tensor, create_graph: bool = False):
+        with torch.enable_grad():
+            y = y if y.requires_grad else y.detach().requires_grad_(True)
+            f = self(y, t)
+            (grad,) = torch.autograd.grad(f.sum(), y, create_graph=create_graph)
+        return f, grad

@@ -1,0 +1,43 @@
+"""MCMC for the conditional EBMs: Langevin dynamics (eq. 17) and the normal approximation (eq. 12)."""
+from __future__ import annotations
+
+import torch
+
+from drl.energy import ConditionalEBM
+
+
+# Eq. 17, K steps, started at y = x_{t+1} unless ``y`` is given:
+#   y <- y + delta_t^2 / 2 (grad_y f(y, t) + (x_{t+1} - y) / sigma_{t+1}^2) + noise_scale delta_t eps
+# (the tether term vanishes at a marginal top level).  No Metropolis correction.
+def langevin(ebm: ConditionalEBM, x_next: torch.Tensor, t: torch.Tensor, K: int,
+             noise_scale: float = 1.0, generator=None, y: torch.Tensor | None = None) -> torch.Tensor:
+    y = x_next.detach().clone() if y is None else y.detach().clone()
+    half_d2 = 0.5 * ebm.per_level("delta", t, y) ** 2
+    d_noise = noise_scale * ebm.per_level("delta", t, y)
+    inv_var = ebm.per_level("tether_inv_var", t, y)
+    for _ in range(K):
+        _, grad = ebm.score(y, t)
+        eps = torch.randn(y.shape, generator=generator, dtype=y.dtype, device=y.device)
+        y = y + half_d2 * (grad + inv_var * (x_next - y)) + d_noise * eps
+    return y.detach()
+
+
+# Eq. 12: y = x_{t+1} + sigma_{t+1}^2 grad f(x_{t+1}, t) + noise_scale sigma_{t+1} eps,
+# a sample of the normal approximation (eq. 11) of p(y_t | x_{t+1}).
+def normal_approximation(ebm: ConditionalEBM, x_next: torch.Tensor, t: torch.Tensor,
+                         noise_scale: float = 1.0, generator=None) -> torch.Tensor:
+    if (ebm.per_level("tether_inv_var", t, x_next) == 0).any():
+        raise ValueError("the normal approximation (K = 0) needs a conditional level; "
+                         "a marginal top level has no tether (set diffusion.top_level: conditional)")
+    sigma = ebm.per_level("sigma_next", t, x_next)
+    _, grad = ebm.score(x_next, t)
+    eps = torch.randn(x_next.shape, generator=generator, dtype=x_next.dtype, device=x_next.device)
+    return (x_next + sigma**2 * grad + noise_scale * sigma * eps).detach()
+
+
+def recovery_sample(ebm: ConditionalEBM, x_next: torch.Tensor, t: torch.Tensor, K: int,
+                    noise_scale: float = 1.0, generator=None) -> torch.Tensor:
+    """A sample of p(y_t | x_{t+1}): K Langevin steps, or the normal approximation when K = 0."""
+    if K == 0:
+        return normal_approximation(ebm, x_next, t, noise_scale, generator)
+    return langevin(ebm, x_next, t, K, noise_scale, generator)

@@ -1,0 +1,52 @@
+"""MLP energy for 2-D data: residual blocks with the time embedding added after the first layer
+of each block (the 2-D analogue of the paper's ResBlock, Table 4e)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+from drl.nets.embedding import sinusoidal_embedding
+
+
+def _linear(n_in: int, n_out: int, sn: bool) -> nn.Module:
+    layer = nn.Linear(n_in, n_out)
+    return spectral_norm(layer) if sn else layer
+
+
+class MLPBlock(nn.Module):
+    def __init__(self, width: int, temb_dim: int, sn: bool, act: nn.Module):
+        super().__init__()
+        self.act = act
+        self.fc1 = _linear(width, width, sn)
+        self.temb = _linear(temb_dim, width, sn)
+        self.fc2 = _linear(width, width, sn)
+
+    def forward(self, h, temb):
+        z = self.fc1(self.act(h)) + self.temb(self.act(temb))
+        return h + self.fc2(self.act(z))
+
+
+class MLPEnergy(nn.Module):
+    """net(y, t): input layer, ``depth`` residual blocks, activation, linear head."""
+
+    def __init__(self, dim: int = 2, width: int = 256, depth: int = 3, temb_dim: int = 64,
+                 activation: str = "silu", spectral_norm: bool = False):
+        super().__init__()
+        acts = {"silu": nn.SiLU(), "lrelu": nn.LeakyReLU(0.2), "softplus": nn.Softplus()}
+        if activation not in acts:
+            raise ValueError(f"unknown energy.net.activation {activation!r}; use one of {sorted(acts)}")
+        act = acts[activation]
+        self.temb_dim = temb_dim
+        self.temb = nn.Sequential(nn.Linear(temb_dim, width), act, nn.Linear(width, width))
+        self.inp = _linear(dim, width, spectral_norm)
+        self.blocks = nn.ModuleList(MLPBlock(width, width, spectral_norm, act) for _ in range(depth))
+        self.act = act
+        self.head = nn.Linear(width, 1)
+
+    def forward(self, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        temb = self.temb(sinusoidal_embedding(t, self.temb_dim))
+        h = self.inp(y)
+        for block in self.blocks:
+            h = block(h, temb)
+        return self.head(self.act(h)).squeeze(-1)
