@@ -66,14 +66,20 @@ class ConditionalEBM(nn.Module):
         """A per-level constant (a key of ``self.levels``) gathered at t, broadcastable to ``like``."""
         return _per_example(self.levels[name], t, like)
 
-    def forward(self, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """f_theta(y, t), one value per example."""
-        return self.net(y, t) / self.per_level("f_scale", t, y).view(-1)
+    def forward(self, y: torch.Tensor, t: torch.Tensor, ctx=None) -> torch.Tensor:
+        """f_theta(y, t), one value per example (``ctx``: the net's cached ``time_context(t)``)."""
+        net = self.net(y, t) if ctx is None else self.net(y, t, ctx)
+        return net / self.per_level("f_scale", t, y).view(-1)
+
+    @torch.no_grad()
+    def time_context(self, t: torch.Tensor):
+        """The backbone's t-only computations, for samplers that hold t fixed (None if it has none)."""
+        return self.net.time_context(t) if hasattr(self.net, "time_context") else None
 
     # The one place the score is computed: grad_y f_theta(y, t) by autograd.
-    def score(self, y: torch.Tensor, t: torch.Tensor, create_graph: bool = False):
+    def score(self, y: torch.Tensor, t: torch.Tensor, create_graph: bool = False, ctx=None):
         with torch.enable_grad():
             y = y if y.requires_grad else y.detach().requires_grad_(True)
-            f = self(y, t)
+            f = self(y, t, ctx)
             (grad,) = torch.autograd.grad(f.sum(), y, create_graph=create_graph)
         return f, grad

@@ -15,8 +15,9 @@ def langevin(ebm: ConditionalEBM, x_next: torch.Tensor, t: torch.Tensor, K: int,
     half_d2 = 0.5 * ebm.per_level("delta", t, y) ** 2
     d_noise = noise_scale * ebm.per_level("delta", t, y)
     inv_var = ebm.per_level("tether_inv_var", t, y)
+    ctx = ebm.time_context(t)
     for _ in range(K):
-        _, grad = ebm.score(y, t)
+        _, grad = ebm.score(y, t, ctx=ctx)
         eps = torch.randn(y.shape, generator=generator, dtype=y.dtype, device=y.device)
         y = y + half_d2 * (grad + inv_var * (x_next - y)) + d_noise * eps
     return y.detach()

@@ -58,7 +58,12 @@ class EMA:
 
 
 def _lr(cfg: dict, it: int) -> float:
-    return cfg["lr"] * min(1.0, (it + 1) / max(cfg["warmup"], 1))
+    """Linear warm-up over ``warmup`` iterations, then constant (released code) or cosine decay to 0."""
+    lr = cfg["lr"] * min(1.0, (it + 1) / max(cfg["warmup"], 1))
+    if cfg.get("lr_schedule", "constant") == "cosine" and it >= cfg["warmup"]:
+        frac = (it - cfg["warmup"]) / max(cfg["iterations"] - cfg["warmup"], 1)
+        lr *= 0.5 * (1 + math.cos(math.pi * frac))
+    return lr
 
 
 def train(cfg: dict, data: np.ndarray, out_dir: str | Path, device: str = "cpu", progress: bool = True) -> Path:

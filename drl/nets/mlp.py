@@ -22,8 +22,8 @@ class MLPBlock(nn.Module):
         self.temb = _linear(temb_dim, width, sn)
         self.fc2 = _linear(width, width, sn)
 
-    def forward(self, h, temb):
-        z = self.fc1(self.act(h)) + self.temb(self.act(temb))
+    def forward(self, h, temb_proj):
+        z = self.fc1(self.act(h)) + temb_proj
         return h + self.fc2(self.act(z))
 
 
@@ -44,9 +44,15 @@ class MLPEnergy(nn.Module):
         self.act = act
         self.head = nn.Linear(width, 1)
 
-    def forward(self, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        temb = self.temb(sinusoidal_embedding(t, self.temb_dim))
+    def time_context(self, t: torch.Tensor) -> list[torch.Tensor]:
+        """Everything that depends on t alone (each block's projected time embedding), so an MCMC
+        chain at fixed t computes it once instead of at every step."""
+        temb = self.act(self.temb(sinusoidal_embedding(t, self.temb_dim)))
+        return [block.temb(temb) for block in self.blocks]
+
+    def forward(self, y: torch.Tensor, t: torch.Tensor, ctx: list[torch.Tensor] | None = None) -> torch.Tensor:
+        ctx = self.time_context(t) if ctx is None else ctx
         h = self.inp(y)
-        for block in self.blocks:
-            h = block(h, temb)
+        for block, temb_proj in zip(self.blocks, ctx):
+            h = block(h, temb_proj)
         return self.head(self.act(h)).squeeze(-1)
