@@ -177,6 +177,7 @@ def test_released_step_size_ok_with_noised_level0(params, fix):
 
 
 def test_K0_and_dsm_ok_with_conditional_top(params):
+    params["runs"][DRL]["diffusion"]["top_level"] = "conditional"
     params["runs"][DRL]["sampler"]["K"] = 0
     params["runs"][DRL]["objective"]["name"] = "dsm"
     assert validate(params) is params
