@@ -37,28 +37,32 @@ def _same_state(a, b):
         assert torch.equal(a[k], b[k]), k
 
 
-def test_resume_is_bitwise_identical(tmp_path, data):
-    """A run stopped after its checkpoint at iteration 10 and rerun ends in exactly the state of an
-    uninterrupted run (same seeds; CPU)."""
-    full = torch.load(train(tiny_cfg(), data, tmp_path / "full", progress=False), weights_only=False)
+class Stop(Exception):
+    pass
 
-    class Stop(Exception):
-        pass
 
+def train_until_first_checkpoint(cfg, data, out_dir, monkeypatch):
+    """Run ``train`` and stop it right after it writes its first resumable state (a simulated kill)."""
     import drl.train as T
+
     real_save = T.torch_save
 
-    def save_then_stop(path, obj):  # simulate a kill right after the first checkpoint
+    def save_then_stop(path, obj):
         real_save(path, obj)
         if str(path).endswith("state.pt"):
             raise Stop
 
-    T.torch_save = save_then_stop
-    try:
+    with monkeypatch.context() as m:
+        m.setattr(T, "torch_save", save_then_stop)
         with pytest.raises(Stop):
-            train(tiny_cfg(), data, tmp_path / "resumed", progress=False)
-    finally:
-        T.torch_save = real_save
+            train(cfg, data, out_dir, progress=False)
+
+
+def test_resume_is_bitwise_identical(tmp_path, data, monkeypatch):
+    """A run stopped after its checkpoint at iteration 10 and rerun ends in exactly the state of an
+    uninterrupted run (same seeds; CPU)."""
+    full = torch.load(train(tiny_cfg(), data, tmp_path / "full", progress=False), weights_only=False)
+    train_until_first_checkpoint(tiny_cfg(), data, tmp_path / "resumed", monkeypatch)
     assert not (tmp_path / "resumed" / "model.pt").exists()
     assert torch.load(tmp_path / "resumed" / "state.pt", weights_only=False)["iteration"] == 10
     resumed = torch.load(train(tiny_cfg(), data, tmp_path / "resumed", progress=False), weights_only=False)
@@ -68,21 +72,8 @@ def test_resume_is_bitwise_identical(tmp_path, data):
     assert not (tmp_path / "resumed" / "state.pt").exists()
 
 
-def test_resume_refuses_a_state_from_another_config(tmp_path, data):
-    import drl.train as T
-    real_save = T.torch_save
-
-    def save_then_stop(path, obj):
-        real_save(path, obj)
-        if str(path).endswith("state.pt"):
-            raise KeyboardInterrupt
-
-    T.torch_save = save_then_stop
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            train(tiny_cfg(), data, tmp_path, progress=False)
-    finally:
-        T.torch_save = real_save
+def test_resume_refuses_a_state_from_another_config(tmp_path, data, monkeypatch):
+    train_until_first_checkpoint(tiny_cfg(), data, tmp_path, monkeypatch)
     with pytest.raises(RuntimeError, match="different configuration"):
         train(tiny_cfg(lr=2e-3), data, tmp_path, progress=False)
 
