@@ -136,6 +136,10 @@ def test_snakemake_runs_the_tiny_pipeline_and_reruns_on_param_change(project):
     dry = run(["snakemake", "-n", "demo"], project).out
     assert re.search(r"^evaluate\s+1$", dry, flags=re.M) and not re.search(r"^train\s", dry, flags=re.M), dry
     (project / "params.yaml").write_text(original)
+    # a fresh clone has the committed metrics and figures but no models: the demo must train
+    (project / "results/demo/runs/toy_checkerboard_drl/model.pt").unlink()
+    dry = run(["snakemake", "-n", "demo"], project).out
+    assert re.search(r"^train\s+1$", dry, flags=re.M), dry
 
 
 def _change_drl_evaluate_grid(project):
