@@ -24,18 +24,28 @@ def cmd_prepare(params: dict, args) -> None:
     print(f"prepared {args.dataset}: train {m['train']['shape']}, test {m['test']['shape']}")
 
 
-def _load_train(dataset: str) -> np.ndarray:
-    f = paths.prepared_dir(dataset) / "train.npy"
-    if not f.exists():
-        raise DataError(f"{f} not found; run `drl prepare --dataset {dataset}` (or the workflow) first")
-    return np.load(f)
+def _require(path: Path, producer: str) -> Path:
+    """An input of this stage, or a clear error naming it and the command that makes it."""
+    if not Path(path).exists():
+        raise DataError(f"{path} not found; run `{producer}` (or the workflow) first")
+    return Path(path)
+
+
+def _prepared(dataset: str, split: str) -> np.ndarray:
+    return np.load(_require(paths.prepared_dir(dataset) / f"{split}.npy", f"drl prepare --dataset {dataset}"))
+
+
+def _model(group: str, run: str):
+    from drl.train import load_model
+
+    return load_model(_require(paths.run_dir(group, run) / "model.pt", f"drl train --run {run}"))
 
 
 def cmd_train(params: dict, args) -> None:
     from drl.train import train
 
     cfg = run_config(params, args.run)
-    data = _load_train(cfg["dataset"])
+    data = _prepared(cfg["dataset"], "train")
     out = paths.run_dir(cfg["group"], args.run)
     t0 = time.time()
     train(cfg, data, out, device=_device(args))
@@ -54,12 +64,10 @@ def cmd_sample(params: dict, args) -> None:
     import torch
 
     from drl.sample import progressive_sample
-    from drl.train import load_model
 
     cfg = run_config(params, args.run)
     s = cfg["sample"]
-    run_dir = paths.run_dir(cfg["group"], args.run)
-    ebm, _ = load_model(run_dir / "model.pt")
+    ebm, _ = _model(cfg["group"], args.run)
     gen = torch.Generator().manual_seed(s["seed"])
     dim = cfg["energy"]["net"].get("dim", 2)
     levels = progressive_sample(ebm, s["n"], (dim,), s["K"], s["noise_scale"], gen)
@@ -69,28 +77,26 @@ def cmd_sample(params: dict, args) -> None:
 def cmd_evaluate(params: dict, args) -> None:
     from drl.data.toy2d import get_toy
     from drl.evaluate.quadrature import LevelDensity, kl_data_model
-    from drl.train import load_model
 
     cfg = run_config(params, args.run)
     ds = params["datasets"][cfg["dataset"]]
-    run_dir = paths.run_dir(cfg["group"], args.run)
-    ebm, ckpt = load_model(run_dir / "model.pt")
+    ebm, ckpt = _model(cfg["group"], args.run)
+    test = _prepared(cfg["dataset"], "test")
     e = cfg["evaluate"]
     dens = LevelDensity(ebm, 0, e["extent"], e["grid"])
-    test = np.load(paths.prepared_dir(cfg["dataset"]) / "test.npy")
     metrics = {"test_ll_nats": float(dens.log_prob(test).mean()), "log_z_level0_quadrature": dens.log_z,
                "iterations": ckpt["iteration"]}
-    log_p_data = get_toy(ds["toy"]).log_density(dens.x_grid) if ds["source"] == "toy" else None
+    toy = get_toy(ds["toy"]) if ds["source"] == "toy" else None
+    log_p_data = toy.log_density(dens.x_grid) if toy else None
     if log_p_data is not None:  # the data density is known in closed form
         metrics["kl_nats"] = kl_data_model(log_p_data, dens.log_g_grid, dens.cell)
-        metrics["data_entropy_nats"] = float(-get_toy(ds["toy"]).log_density(test).mean())
+        metrics["data_entropy_nats"] = float(-toy.log_density(test).mean())
     write_json(paths.metrics_file(cfg["group"], args.run), {"run": args.run, **metrics})
     print(f"{args.run}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
 
 
 def cmd_figure(params: dict, args) -> None:
     from drl.report.figures import comparison_figure, progressive_figure
-    from drl.train import load_model
 
     if args.figure not in params.get("figures", {}):
         raise ParamsError(f"figure {args.figure!r} is not defined under figures in {args.params}")
@@ -98,14 +104,15 @@ def cmd_figure(params: dict, args) -> None:
     loaded = []
     for r in fig_cfg["runs"]:
         cfg = run_config(params, r)
-        ebm, _ = load_model(paths.run_dir(cfg["group"], r) / "model.pt")
-        loaded.append((r, cfg, ebm, np.load(paths.samples_file(cfg["group"], r))))
+        ebm, _ = _model(cfg["group"], r)
+        samples = np.load(_require(paths.samples_file(cfg["group"], r), f"drl sample --run {r}"))
+        loaded.append((r, cfg, ebm, samples))
     extent = loaded[0][1]["evaluate"]["extent"]
     if fig_cfg["kind"] == "progressive":
         _, _, ebm, levels = loaded[0]
         fig = progressive_figure(ebm, levels, extent)
     else:
-        data = np.load(paths.prepared_dir(loaded[0][1]["dataset"]) / "test.npy")
+        data = _prepared(loaded[0][1]["dataset"], "test")
         fig = comparison_figure(data, [(r, ebm, lv[-1]) for r, _, ebm, lv in loaded], extent)
     savefig(paths.figure_file(fig_cfg["group"], args.figure), fig)
 

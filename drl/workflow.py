@@ -79,11 +79,9 @@ def stages(params: dict) -> list[Stage]:
     return out
 
 
-def stage_for_output(params: dict, path: str) -> Stage:
-    for s in stages(params):
-        if path in s.targets:
-            return s
-    raise KeyError(f"no stage writes {path}")
+def stages_by_output(params: dict) -> dict[str, Stage]:
+    """Every output file mapped to the stage that writes it (built once per workflow)."""
+    return {t: s for s in stages(params) for t in s.targets}
 
 
 def group_targets(params: dict, group: str | None = None) -> list[str]:

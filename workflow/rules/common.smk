@@ -4,9 +4,10 @@ import json
 
 from drl.config import validate
 from drl.paths import PATTERNS, PREPARED_FILES
-from drl.workflow import group_targets, stage_for_output
+from drl.workflow import group_targets, stages_by_output
 
 validate(config, "params.yaml")
+STAGE_OF = stages_by_output(config)
 
 wildcard_constraints:
     dataset="[A-Za-z0-9_-]+",
@@ -16,7 +17,7 @@ wildcard_constraints:
 
 
 def _stage(path_key, wc):
-    return stage_for_output(config, PATTERNS[path_key].format(**wc))
+    return STAGE_OF[PATTERNS[path_key].format(**wc)]
 
 
 def inputs_of(path_key):

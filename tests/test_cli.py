@@ -1,0 +1,47 @@
+"""The stage entry points: validation and missing inputs give one clear error (exit 2) naming the
+file and the command that makes it, before any work, and write nothing."""
+import shutil
+from pathlib import Path
+
+import pytest
+
+from drl.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_validate_reports_ok(project, capsys):
+    assert main(["validate"]) == 0
+    assert "params.yaml: OK" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,missing,producer", [
+    (["train", "--run", "toy_checkerboard_drl"], "data/prepared/checkerboard/train.npy",
+     "drl prepare --dataset checkerboard"),
+    (["sample", "--run", "toy_checkerboard_drl"], "results/demo/runs/toy_checkerboard_drl/model.pt",
+     "drl train --run toy_checkerboard_drl"),
+    (["evaluate", "--run", "toy_checkerboard_shortrun"], "results/demo/runs/toy_checkerboard_shortrun/model.pt",
+     "drl train --run toy_checkerboard_shortrun"),
+    (["figure", "--figure", "fig3_checkerboard"], "results/demo/runs/toy_checkerboard_drl/model.pt",
+     "drl train --run toy_checkerboard_drl"),
+])
+def test_missing_input_names_the_file_and_its_producer(project, capsys, argv, missing, producer):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert missing in err and producer in err
+    assert not (project / "results").exists() or not any((project / "results").rglob("*.*"))
+
+
+def test_unknown_run_and_bad_params_exit_2(project, capsys):
+    assert main(["train", "--run", "nope"]) == 2
+    assert "toy_checkerboard_drl" in capsys.readouterr().err  # lists the defined runs
+    (project / "params.yaml").write_text((project / "params.yaml").read_text().replace("      K: 30", "      K: -3"))
+    assert main(["validate"]) == 2
+    assert "sampler.K" in capsys.readouterr().err
