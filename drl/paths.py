@@ -14,8 +14,10 @@ PATTERNS = {
     "samples": "results/{group}/runs/{run}/samples.npy",
     "metrics": "results/{group}/metrics/{run}.json",
     "figure": "results/{group}/figures/{figure}.png",
+    "extractor": "results/extractors/{extractor}.pt",
+    "refstats": "data/stats/{dataset}/{split}_{extractor}.npz",
 }
-PREPARED_FILES = ("train.npy", "test.npy", "manifest.json")
+PREPARED_FILES = ("train.npy", "test.npy", "labels.npz", "manifest.json")
 
 
 def prepared_dir(dataset: str) -> Path:
@@ -36,3 +38,16 @@ def metrics_file(group: str, run: str) -> Path:
 
 def figure_file(group: str, figure: str) -> Path:
     return Path(PATTERNS["figure"].format(group=group, figure=figure))
+
+
+def extractor_file(extractor: str) -> Path:
+    return Path(PATTERNS["extractor"].format(extractor=extractor))
+
+
+def refstats_file(dataset: str, split: str, extractor: str) -> Path:
+    return Path(PATTERNS["refstats"].format(dataset=dataset, split=split, extractor=extractor))
+
+
+def table_markdown(csv_path: str | Path) -> Path:
+    """The Markdown rendering written beside each table CSV."""
+    return Path(csv_path).with_suffix(".md")

@@ -142,7 +142,7 @@ def test_prepare_points(tmp_path):
     out = tmp_path / "prepared" / "mine"          # created by prepare
     manifest = prepare(cfg, out)
 
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "test.npy", "train.npy"]
+    assert sorted(p.name for p in out.iterdir()) == ["labels.npz", "manifest.json", "test.npy", "train.npy"]
     train, test = np.load(out / "train.npy"), np.load(out / "test.npy")
     assert train.dtype == np.float32 and test.dtype == np.float32
     assert train.shape == (80, 2) and test.shape == (20, 2)
@@ -187,7 +187,7 @@ def test_prepare_toy_deterministic_and_clean(tmp_path):
     m3 = prepare(dict(cfg), tmp_path / "again")            # and into a fresh folder
     third = {p.name: p.read_bytes() for p in (tmp_path / "again").iterdir()}
 
-    assert sorted(first) == ["manifest.json", "test.npy", "train.npy"]   # no .tmp leftovers
+    assert sorted(first) == ["labels.npz", "manifest.json", "test.npy", "train.npy"]   # no .tmp leftovers
     assert first == second == third
     assert m1 == m2 == m3
     assert m1["train"]["shape"] == [1000, 2] and m1["test"]["shape"] == [200, 2]
