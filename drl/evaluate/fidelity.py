@@ -1,0 +1,184 @@
+"""FID and Inception Score of uint8 image samples, with torch-fidelity doing the feature extraction
+and the metric arithmetic, so the numbers are torch-fidelity's.
+
+FID (Heusel et al. 2017): the Frechet distance between Gaussians fitted to extractor features of
+the data and of the samples, ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)).
+IS (Salimans et al. 2016): exp(E_x KL(p(y|x) || p(y))) from the extractor's class logits, averaged
+over ``splits`` disjoint chunks (mean and std over chunks).
+
+The data side is reduced once per dataset split to (mu, sigma) by ``reference_statistics`` and
+saved as .npz; ``fid_is`` scores samples against it.  Extractor config dicts:
+
+    {"kind": "inception", "weights": "<dir>/weights-inception-2015-12-05-6726825d.pth"}
+        torch-fidelity's ``inception-v3-compat`` (the TF Inception of the standard FID code):
+        pool3 (2048-d) for FID, unbiased logits for IS; any image size (resized to 299).
+    {"kind": "classifier", "path": "results/.../classifier.pt"}
+        a ``drl.evaluate.classifier.SmallCNN`` checkpoint: penultimate layer for FID, logits for IS.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
+from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, KEY_METRIC_ISC_STD, isc_features_to_metric
+from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
+
+from drl.evaluate.classifier import CLASSIFIER_EXTRACTOR, ClassifierExtractor
+from drl.evaluate.errors import EvaluationError
+from drl.io import atomic_path
+
+INCEPTION_WEIGHTS_URL = URL_INCEPTION_V3
+INCEPTION_WEIGHTS_FILE = URL_INCEPTION_V3.rsplit("/", 1)[1]  # weights-inception-2015-12-05-6726825d.pth
+INCEPTION_WEIGHTS_DEFAULT = f"data/weights/{INCEPTION_WEIGHTS_FILE}"
+WEIGHTS_PARAM = "extractors.inception.weights"  # the params.yaml key that names the Inception file
+
+
+@dataclass(frozen=True)
+class Extractor:
+    """A resolved extractor config: torch-fidelity registry name, checkpoint file, the channel count it
+    takes, and the feature names read for FID and IS."""
+    kind: str
+    name: str
+    path: Path
+    channels: int
+    fid_feature: str
+    is_feature: str
+
+    def describe(self) -> dict:
+        """What produced a set of statistics; ``identity`` of it must match between data and samples."""
+        return {"kind": self.kind, "name": self.name, "file": self.path.name, "sha256": _sha256(self.path),
+                "fid_feature": self.fid_feature, "is_feature": self.is_feature}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def identity(description: dict) -> dict:
+    """The parts of an extractor description that decide the features (not where the file lies)."""
+    return {k: description[k] for k in ("kind", "sha256", "fid_feature")}
+
+
+def missing_inception_message(path) -> str:
+    return (f"Inception weights not found at '{path}'. FID/IS with kind 'inception' need torch-fidelity's "
+            f"converted TF Inception file {INCEPTION_WEIGHTS_FILE}: download {INCEPTION_WEIGHTS_URL} "
+            f"and put it at that path (default {INCEPTION_WEIGHTS_DEFAULT}), or point params.yaml "
+            f"'{WEIGHTS_PARAM}' at where it is. Nothing is downloaded at run time.")
+
+
+def resolve_extractor(cfg: dict) -> Extractor:
+    """Validate an extractor config dict (see module docstring); files are checked before any compute."""
+    kind = cfg.get("kind")
+    if kind == "inception":
+        path = Path(cfg["weights"])
+        if not path.is_file():
+            raise EvaluationError(missing_inception_message(path))
+        return Extractor(kind, "inception-v3-compat", path, 3, "2048", "logits_unbiased")
+    if kind == "classifier":
+        path = Path(cfg["path"])
+        if not path.is_file():
+            raise EvaluationError(f"classifier checkpoint not found at '{path}': run the stage that trains it "
+                                  f"(drl.evaluate.classifier.train_classifier) first")
+        channels = torch.load(path, map_location="cpu", weights_only=True)["args"]["in_channels"]
+        return Extractor(kind, CLASSIFIER_EXTRACTOR, path, channels, *(
+            ClassifierExtractor.get_default_feature_layer_for_metric(m) for m in ("fid", "isc")))
+    raise EvaluationError(f"unknown extractor kind {kind!r}: expected 'inception' or 'classifier'")
+
+
+class ImageArray(Dataset):
+    """uint8 (N, H, W, C) array as torch-fidelity input: uint8 CHW tensors, grayscale repeated to
+    ``channels`` when the extractor wants RGB."""
+
+    def __init__(self, images: np.ndarray, channels: int):
+        images = np.asarray(images)
+        if images.dtype != np.uint8 or images.ndim != 4:
+            raise EvaluationError(f"expected uint8 images (N, H, W, C), got {images.dtype} {images.shape}")
+        if images.shape[3] not in (1, channels):
+            raise EvaluationError(f"images have {images.shape[3]} channels; the extractor takes {channels}")
+        self.images, self.channels = images, channels
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        x = torch.from_numpy(np.ascontiguousarray(self.images[i].transpose(2, 0, 1)))
+        return x.expand(self.channels, -1, -1).contiguous()
+
+
+def extract_features(images: np.ndarray, extractor: Extractor, features: list[str], batch_size: int = 64,
+                     device: str = "cpu") -> dict[str, torch.Tensor]:
+    """torch-fidelity features (name -> (N, D) float tensor) of uint8 (N, H, W, C) images."""
+    data, cuda = ImageArray(images, extractor.channels), torch.device(device).type == "cuda"
+    model = create_feature_extractor(extractor.name, features, cuda=cuda, verbose=False,
+                                     feature_extractor_weights_path=str(extractor.path))
+    return get_featuresdict_from_dataset(data, model, batch_size, cuda, save_cpu_ram=True, verbose=False)
+
+
+def frechet_distance(stats1: dict, stats2: dict) -> float:
+    """FID (Heusel et al. 2017) between Gaussians {"mu", "sigma"}, by torch-fidelity's
+    ``fid_statistics_to_metric`` (trace of the matrix square root via eigenvalues of S1 S2), in float64."""
+    return fid_statistics_to_metric(_float64(stats1), _float64(stats2), verbose=False)[KEY_METRIC_FID]
+
+
+def _float64(stats: dict) -> dict:
+    return {"mu": np.asarray(stats["mu"], np.float64), "sigma": np.asarray(stats["sigma"], np.float64)}
+
+
+def inception_score(logits: torch.Tensor, splits: int = 10) -> tuple[float, float]:
+    """IS (Salimans et al. 2016): mean and std over ``splits`` chunks of exp(E KL(p(y|x) || p(y))),
+    p(y) the chunk's mean prediction; torch-fidelity's ``isc_features_to_metric`` with its default
+    shuffle of the samples (seed 2020) before chunking."""
+    if not 1 <= splits <= len(logits):
+        raise EvaluationError(f"IS needs 1 <= splits <= number of samples, got {splits} and {len(logits)}")
+    out = isc_features_to_metric(logits, splits=splits)
+    return out[KEY_METRIC_ISC_MEAN], out[KEY_METRIC_ISC_STD]
+
+
+def reference_statistics(images: np.ndarray, extractor_cfg: dict, batch_size: int = 64,
+                         device: str = "cpu") -> dict:
+    """FID statistics of a dataset split: {"mu", "sigma", "n", "extractor" (its description)}."""
+    ex = resolve_extractor(extractor_cfg)
+    feats = extract_features(images, ex, [ex.fid_feature], batch_size, device)[ex.fid_feature]
+    return {**fid_features_to_statistics(feats), "n": len(feats), "extractor": ex.describe()}
+
+
+def save_reference_statistics(path, stats: dict) -> None:
+    """Atomic .npz with mu, sigma, n and the extractor description (as JSON)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, mu=stats["mu"], sigma=stats["sigma"], n=stats["n"], extractor=json.dumps(stats["extractor"]))
+
+
+def load_reference_statistics(path) -> dict:
+    with np.load(path) as z:
+        return {"mu": z["mu"], "sigma": z["sigma"], "n": int(z["n"]), "extractor": json.loads(str(z["extractor"]))}
+
+
+def fid_is(samples: np.ndarray, ref_stats: dict, extractor_cfg: dict, is_splits: int = 10, batch_size: int = 64,
+           device: str = "cpu") -> dict:
+    """FID of uint8 (N, H, W, C) samples against ``ref_stats`` and their IS, one extraction pass.
+
+    Raises EvaluationError before any compute when the extractor differs from the one that made
+    ``ref_stats``, its file is missing, or ``is_splits`` exceeds the sample count.
+    """
+    ex = resolve_extractor(extractor_cfg)
+    desc = ex.describe()
+    if identity(desc) != identity(ref_stats["extractor"]):
+        raise EvaluationError(f"reference statistics come from extractor {ref_stats['extractor']}, "
+                              f"samples would use {desc}")
+    if not 1 <= is_splits <= len(samples):
+        raise EvaluationError(f"IS needs 1 <= is_splits <= number of samples, got {is_splits} and {len(samples)}")
+    feats = extract_features(samples, ex, [ex.fid_feature, ex.is_feature], batch_size, device)
+    is_mean, is_std = inception_score(feats[ex.is_feature], is_splits)
+    return {"fid": frechet_distance(fid_features_to_statistics(feats[ex.fid_feature]), ref_stats),
+            "is_mean": is_mean, "is_std": is_std, "n_samples": len(samples), "extractor": desc}
