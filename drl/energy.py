@@ -57,6 +57,8 @@ class ConditionalEBM(nn.Module):
             "tether_inv_var": sched.tether_inv_var,
             "sigma_next": sched.sigma[1:],
         }
+        # "bf16": the backbone runs under bf16 autocast (train.precision); everything else stays fp32.
+        self.precision = "fp32"
 
     @property
     def T(self) -> int:
@@ -66,15 +68,22 @@ class ConditionalEBM(nn.Module):
         """A per-level constant (a key of ``self.levels``) gathered at t, broadcastable to ``like``."""
         return _per_example(self.levels[name], t, like)
 
+    def _autocast(self, like: torch.Tensor):
+        return torch.autocast(like.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+
     def forward(self, y: torch.Tensor, t: torch.Tensor, ctx=None) -> torch.Tensor:
-        """f_theta(y, t), one value per example (``ctx``: the net's cached ``time_context(t)``)."""
-        net = self.net(y, t) if ctx is None else self.net(y, t, ctx)
-        return net / self.per_level("f_scale", t, y).view(-1)
+        """f_theta(y, t), one value per example (``ctx``: the net's cached ``time_context(t)``), in y's dtype."""
+        with self._autocast(y):
+            net = self.net(y, t) if ctx is None else self.net(y, t, ctx)
+        return net.to(y.dtype) / self.per_level("f_scale", t, y).view(-1)
 
     @torch.no_grad()
     def time_context(self, t: torch.Tensor):
         """The backbone's t-only computations, for samplers that hold t fixed (None if it has none)."""
-        return self.net.time_context(t) if hasattr(self.net, "time_context") else None
+        if not hasattr(self.net, "time_context"):
+            return None
+        with self._autocast(t):
+            return self.net.time_context(t)
 
     # The one place the score is computed: grad_y f_theta(y, t) by autograd.
     def score(self, y: torch.Tensor, t: torch.Tensor, create_graph: bool = False, ctx=None):

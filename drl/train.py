@@ -1,5 +1,6 @@
 """Training loop: Adam with linear warm-up, EMA of weights, atomic checkpoints, resume by
-rerunning the same command, and a divergence guard."""
+rerunning the same command, and a divergence guard.  Under torchrun the batch is split over the
+processes with DistributedDataParallel (``drl/distributed.py``); rank 0 writes every file."""
 from __future__ import annotations
 
 import copy
@@ -10,9 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm import tqdm
 
-from drl.diffusion import diffused_pair, make_schedule
+from drl import distributed
+from drl.data.pixels import is_image_array, to_model_space
+from drl.diffusion import Schedule, diffused_pair, make_schedule
 from drl.energy import ConditionalEBM
 from drl.io import atomic_path, torch_save
 from drl.nets import build_net
@@ -66,39 +70,93 @@ def _lr(cfg: dict, it: int) -> float:
     return lr
 
 
+def training_data(data: np.ndarray, device: str) -> torch.Tensor | np.ndarray:
+    """2-D points go to the device as float32; uint8 images (N, H, W, C) stay in host memory (a memory
+    map for large datasets) and are converted batch by batch in ``draw_batch``."""
+    return data if is_image_array(data) else torch.as_tensor(np.array(data, dtype=np.float32), device=device)
+
+
+def draw_batch(x_all: torch.Tensor | np.ndarray, n: int, sched: Schedule, gen: torch.Generator, hflip: bool = False):
+    """n training pairs: x_0 from the data (random horizontal flip, paper App. B), a level t, then
+    (y_t^+, x_{t+1}) by eq. 15-16."""
+    device = gen.device
+    idx = torch.randint(len(x_all), (n,), generator=gen, device=device)
+    if isinstance(x_all, np.ndarray):  # uint8 images -> model space [-1, 1], NCHW; sorted rows read a memory map in order
+        x0 = torch.from_numpy(to_model_space(x_all[np.sort(idx.cpu().numpy())])).to(device)
+    else:
+        x0 = x_all[idx]
+    if hflip:
+        flip = torch.rand(n, generator=gen, device=device) < 0.5
+        x0 = torch.where(flip.view(-1, *[1] * (x0.dim() - 1)), x0.flip(-1), x0)
+    t = torch.randint(sched.T, (n,), generator=gen, device=device)
+    y_pos, x_next = diffused_pair(sched, x0, t, gen)
+    return y_pos, x_next, t
+
+
+class Objective(nn.Module):
+    """The per-example loss of a batch as one module, so that DistributedDataParallel wraps all of
+    it: the MCMC chain inside differentiates w.r.t. y only (``torch.autograd.grad``), which runs no
+    parameter-gradient hook, and the loss's backward averages the parameter gradients over ranks."""
+
+    def __init__(self, ebm: ConditionalEBM, ocfg: dict, scfg: dict):
+        super().__init__()
+        self.ebm, self.ocfg, self.scfg = ebm, ocfg, scfg
+
+    def forward(self, y_pos, x_next, t, gen):
+        if self.ocfg["name"] == "dsm":  # eq. 14
+            return dsm_loss(self.ebm, y_pos, x_next, t)
+        # Algorithm 1: negatives by K Langevin steps from x_{t+1}, loss w_t (f(y^-, t) - f(y^+, t)).
+        return recovery_likelihood_loss(self.ebm, y_pos, x_next, t, self.scfg["K"], self.ocfg["loss_weights"],
+                                        self.scfg["noise_scale"], gen)
+
+
 def train(cfg: dict, data: np.ndarray, out_dir: str | Path, device: str = "cpu", progress: bool = True) -> Path:
     """Train one run; returns the path of the final checkpoint ``model.pt``.
 
-    ``state.pt`` in ``out_dir`` holds the latest resumable state; rerunning resumes from it.
+    ``state.pt`` in ``out_dir`` holds the latest resumable state; rerunning resumes from it.  Under
+    torchrun every process calls this; each takes ``batch_size / world_size`` examples per step.
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    w = distributed.world()
+    with distributed.process_group(device, w) as device:
+        return _train(cfg, data, Path(out_dir), device, progress and w.main, w)
+
+
+def _train(cfg: dict, data: np.ndarray, out_dir: Path, device: str, progress: bool, w: distributed.World) -> Path:
     tcfg, ocfg, scfg = cfg["train"], cfg["objective"], cfg["sampler"]
+    B = distributed.local_batch(tcfg["batch_size"], w)
+    out_dir.mkdir(parents=True, exist_ok=True)
     model_cfg = {k: cfg[k] for k in MODEL_KEYS}
     torch.manual_seed(tcfg["seed"])
     ebm = build_model(model_cfg).to(device)
+    ebm.precision = tcfg.get("precision", "fp32")
     opt = torch.optim.Adam(ebm.parameters(), lr=tcfg["lr"], betas=(tcfg["beta1"], tcfg["beta2"]), eps=tcfg["eps"])
     ema = EMA(ebm, tcfg["ema"])
-    gen = torch.Generator(device=device).manual_seed(tcfg["seed"])
+    gen = torch.Generator(device=device).manual_seed(distributed.rank_seed(tcfg["seed"], w))
     start, log_rows = 0, []
     state_path, final_path = out_dir / "state.pt", out_dir / "model.pt"
     if state_path.exists():
         st = torch.load(state_path, map_location=device, weights_only=False)
         if st["cfg"] != cfg:
             raise RuntimeError(f"{state_path} was written for a different configuration; delete it to start afresh")
+        if len(st["generators"]) != w.size:
+            raise RuntimeError(f"{state_path} was written by {len(st['generators'])} process(es); resume with "
+                               f"as many (this is {w.size}) or delete it to start afresh")
         ebm.load_state_dict(st["model"])
         ema.model.load_state_dict(st["ema"])
         opt.load_state_dict(st["optimizer"])
-        gen.set_state(st["generator"])
+        gen.set_state(st["generators"][w.rank].cpu())  # a generator state is a CPU tensor, also on CUDA
         start, log_rows = st["iteration"], st["log"]
+    objective = distributed.replicate(Objective(ebm, ocfg, scfg), device, w)
 
-    x_all = torch.as_tensor(data, dtype=torch.float32, device=device)
-    T, B, iters = ebm.T, tcfg["batch_size"], tcfg["iterations"]
+    x_all = training_data(data, device)
+    iters = tcfg["iterations"]
 
     def save_state(it):
-        torch_save(state_path, {"cfg": cfg, "model": ebm.state_dict(), "ema": ema.model.state_dict(),
-                                "optimizer": opt.state_dict(), "generator": gen.get_state(),
-                                "iteration": it, "log": log_rows})
+        generators = distributed.gather(gen.get_state(), w)
+        if w.main:
+            torch_save(state_path, {"cfg": cfg, "model": ebm.state_dict(), "ema": ema.model.state_dict(),
+                                    "optimizer": opt.state_dict(), "generators": generators,
+                                    "iteration": it, "log": log_rows})
 
     t0 = time.time()
     bar = tqdm(range(start, iters), initial=start, total=iters, desc="train", disable=not progress,
@@ -106,41 +164,36 @@ def train(cfg: dict, data: np.ndarray, out_dir: str | Path, device: str = "cpu",
     for it in bar:
         for group in opt.param_groups:
             group["lr"] = _lr(tcfg, it)
-        x0 = x_all[torch.randint(len(x_all), (B,), generator=gen, device=device)]
-        if tcfg.get("hflip", False):
-            flip = torch.rand(B, generator=gen, device=device) < 0.5
-            x0 = torch.where(flip.view(-1, *[1] * (x0.dim() - 1)), x0.flip(-1), x0)
-        t = torch.randint(T, (B,), generator=gen, device=device)
-        y_pos, x_next = diffused_pair(ebm.sched, x0, t, gen)
-        if ocfg["name"] == "dsm":
-            loss, info = dsm_loss(ebm, y_pos, x_next, t)
-        else:
-            loss, info = recovery_likelihood_loss(ebm, y_pos, x_next, t, scfg["K"], ocfg["loss_weights"],
-                                                  scfg["noise_scale"], gen)
+        y_pos, x_next, t = draw_batch(x_all, B, ebm.sched, gen, tcfg.get("hflip", False))
+        loss, info = objective(y_pos, x_next, t, gen)
         loss = loss.mean()
-        if not math.isfinite(loss.item()) or info["f_neg"].abs().max().item() > tcfg["max_abs_energy"]:
+        # Global batch means (the log does not depend on the world size) and the largest |f|.
+        stats = distributed.mean(torch.stack([loss.detach(), info["f_pos"].mean(), info["f_neg"].mean()]), w)
+        global_loss, f_pos, f_neg = stats.tolist()
+        max_f = distributed.maximum(info["f_neg"].abs().max(), w).item()
+        if not math.isfinite(global_loss) or max_f > tcfg["max_abs_energy"]:
             raise DivergenceError(
-                f"training diverged at iteration {it} (loss {loss.item():.4g}, max |f| "
-                f"{info['f_neg'].abs().max().item():.4g}); the last good state is in {state_path}. "
-                "Lower train.lr or sampler.b, or raise sampler.K.")
+                f"training diverged at iteration {it} (loss {global_loss:.4g}, max |f| {max_f:.4g}); the last "
+                f"good state is in {state_path}. Lower train.lr or sampler.b, or raise sampler.K.")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         ema.update(ebm)
         if (it + 1) % tcfg["log_every"] == 0 or it + 1 == iters:
-            log_rows.append({"iteration": it + 1, "loss": loss.item(), "f_pos": info["f_pos"].mean().item(),
-                             "f_neg": info["f_neg"].mean().item(), "lr": _lr(tcfg, it),
-                             "seconds": time.time() - t0})
-            bar.set_postfix(loss=f"{loss.item():.3g}")
+            log_rows.append({"iteration": it + 1, "loss": global_loss, "f_pos": f_pos, "f_neg": f_neg,
+                             "lr": _lr(tcfg, it), "seconds": time.time() - t0})
+            bar.set_postfix(loss=f"{global_loss:.3g}")
         if (it + 1) % tcfg["checkpoint_every"] == 0 and it + 1 < iters:
             save_state(it + 1)
 
-    torch_save(final_path, {"model_cfg": model_cfg, "cfg": cfg, "model": ebm.state_dict(),
-                            "ema": ema.model.state_dict(), "iteration": iters, "log": log_rows})
-    with atomic_path(out_dir / "train_log.csv") as tmp, open(tmp, "w", newline="") as fh:
-        if log_rows:
-            w = csv.DictWriter(fh, fieldnames=list(log_rows[0]))
-            w.writeheader()
-            w.writerows(log_rows)
-    state_path.unlink(missing_ok=True)
+    if w.main:
+        torch_save(final_path, {"model_cfg": model_cfg, "cfg": cfg, "model": ebm.state_dict(),
+                                "ema": ema.model.state_dict(), "iteration": iters, "log": log_rows})
+        with atomic_path(out_dir / "train_log.csv") as tmp, open(tmp, "w", newline="") as fh:
+            if log_rows:
+                writer = csv.DictWriter(fh, fieldnames=list(log_rows[0]))
+                writer.writeheader()
+                writer.writerows(log_rows)
+        state_path.unlink(missing_ok=True)
+    distributed.barrier(w)  # the other ranks return once model.pt is in place
     return final_path
