@@ -1,6 +1,7 @@
 # DRL reproduction workflow.  Every job is `drl <stage> ...`; the DAG itself comes from
 # drl/workflow.py, which also generates dvc.yaml, so Snakemake and DVC run the same stages.
 #   snakemake --cores all demo            # the embedded-data demo (results/demo/)
+#   snakemake --cores all results/table2.csv   # one paper table (needs the raw datasets in data/raw/)
 #   snakemake --cores all                 # everything defined in params.yaml
 configfile: "params.yaml"
 
@@ -16,6 +17,11 @@ rule all:
         group_targets(config),
 
 
-rule demo:
-    input:
-        group_targets(config, "demo"),
+# One target rule per group of runs in params.yaml, e.g. `snakemake --cores all demo`.
+for _group in groups(config):
+
+    rule:
+        name:
+            _group
+        input:
+            group_targets(config, _group),

@@ -12,7 +12,7 @@ import numpy as np
 from drl import paths
 from drl.config import ParamsError, load_params, run_config
 from drl.data.points import DataError
-from drl.io import np_save, savefig, write_json
+from drl.io import np_save, savefig, write_json, write_text
 
 
 def cmd_prepare(params: dict, args) -> None:
@@ -31,8 +31,10 @@ def _require(path: Path, producer: str) -> Path:
     return Path(path)
 
 
-def _prepared(dataset: str, split: str) -> np.ndarray:
-    return np.load(_require(paths.prepared_dir(dataset) / f"{split}.npy", f"drl prepare --dataset {dataset}"))
+def _prepared(dataset: str, split: str, mmap: bool = False) -> np.ndarray:
+    """A prepared split, optionally memory-mapped (prepared LSUN bedroom 128 is ~150 GB)."""
+    return np.load(_require(paths.prepared_dir(dataset) / f"{split}.npy", f"drl prepare --dataset {dataset}"),
+                   mmap_mode="r" if mmap else None)
 
 
 def _model(group: str, run: str):
@@ -42,14 +44,19 @@ def _model(group: str, run: str):
 
 
 def cmd_train(params: dict, args) -> None:
+    from drl import distributed
     from drl.train import train
 
     cfg = run_config(params, args.run)
-    data = _prepared(cfg["dataset"], "train")
+    w = distributed.world()  # several processes under torchrun, one otherwise
+    distributed.local_batch(cfg["train"]["batch_size"], w, f"runs.{args.run}.train.batch_size")
+    data = _prepared(cfg["dataset"], "train", mmap=True)
     out = paths.run_dir(cfg["group"], args.run)
     t0 = time.time()
     train(cfg, data, out, device=_device(args))
-    write_json(out / "config.json", {"run": args.run, "config": cfg, "train_seconds": time.time() - t0})
+    if w.main:
+        write_json(out / "config.json", {"run": args.run, "config": cfg, "train_seconds": time.time() - t0,
+                                         "processes": w.size})
 
 
 def _device(args) -> str:
@@ -60,43 +67,140 @@ def _device(args) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _sample_shape(net: dict) -> tuple:
+    """One example's shape in model space, from the network's stored arguments."""
+    if net["kind"] == "mlp":
+        return (net.get("dim", 2),)
+    return (net.get("in_channels", 3), net["resolution"], net["resolution"])
+
+
 def cmd_sample(params: dict, args) -> None:
     import torch
+    from tqdm import tqdm
 
+    from drl.data.pixels import to_uint8
     from drl.sample import progressive_sample
 
     cfg = run_config(params, args.run)
     s = cfg["sample"]
     ebm, _ = _model(cfg["group"], args.run)
-    gen = torch.Generator().manual_seed(s["seed"])
-    dim = cfg["energy"]["net"].get("dim", 2)
-    levels = progressive_sample(ebm, s["n"], (dim,), s["K"], s["noise_scale"], gen)
-    np_save(paths.samples_file(cfg["group"], args.run), torch.stack(levels).numpy())
+    device = _device(args)
+    ebm.to(device)
+    shape = _sample_shape(cfg["energy"]["net"])
+    gen = torch.Generator(device=device).manual_seed(s["seed"])
+    batch = s.get("batch_size", s["n"])
+    parts = []
+    for start in tqdm(range(0, s["n"], batch), desc="sample", mininterval=2.0):
+        levels = progressive_sample(ebm, min(batch, s["n"] - start), shape, s["K"], s["noise_scale"], gen, device)
+        # 2-D: every level (x_T .. x_0) for the progressive figure; images: x_0 as uint8 (N, H, W, C)
+        parts.append(torch.stack(levels).cpu().numpy() if len(shape) == 1 else to_uint8(levels[-1]))
+    np_save(paths.samples_file(cfg["group"], args.run), np.concatenate(parts, axis=1 if len(shape) == 1 else 0))
 
 
-def cmd_evaluate(params: dict, args) -> None:
+def _extractor_cfg(params: dict, name: str) -> dict:
+    """The config drl.evaluate.fidelity expects: Inception's weights file, or the trained classifier."""
+    ex = params["extractors"][name]
+    return {**ex, "path": str(paths.extractor_file(name))} if ex["kind"] == "classifier" else ex
+
+
+def cmd_extractor(params: dict, args) -> None:
+    from drl.evaluate.classifier import save_classifier, train_classifier
+
+    ex = params.get("extractors", {}).get(args.extractor)
+    if ex is None or ex["kind"] != "classifier":
+        raise ParamsError(f"extractors.{args.extractor} is not a classifier defined in {args.params}")
+    (train, train_y), (test, test_y) = _labelled(ex["dataset"], "train"), _labelled(ex["dataset"], "test")
+    model, info = train_classifier(train, train_y, ex, test_images=test, test_labels=test_y)
+    save_classifier(paths.extractor_file(args.extractor), model, info)
+    print(f"{args.extractor}: test accuracy {info['test_accuracy']:.4f} ({info['seconds']:.1f} s)")
+
+
+def _labelled(dataset: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    labels = np.load(_require(paths.prepared_dir(dataset) / "labels.npz", f"drl prepare --dataset {dataset}"))
+    if labels[split].size == 0:
+        raise DataError(f"dataset {dataset!r} has no class labels; a classifier extractor needs a labelled dataset")
+    return _prepared(dataset, split), labels[split]
+
+
+def cmd_refstats(params: dict, args) -> None:
+    from drl.evaluate.fidelity import reference_statistics, save_reference_statistics
+
+    if args.extractor not in params.get("extractors", {}):
+        raise ParamsError(f"extractor {args.extractor!r} is not defined under extractors in {args.params}")
+    stats = reference_statistics(_prepared(args.dataset, args.split), _extractor_cfg(params, args.extractor),
+                                 device=_device(args))
+    save_reference_statistics(paths.refstats_file(args.dataset, args.split, args.extractor), stats)
+    print(f"reference statistics of {args.dataset}/{args.split} ({stats['n']} images, {args.extractor})")
+
+
+def _quadrature_metrics(params: dict, cfg: dict, ebm) -> dict:
     from drl.data.toy2d import get_toy
     from drl.evaluate.quadrature import LevelDensity, kl_data_model
 
-    cfg = run_config(params, args.run)
     ds = params["datasets"][cfg["dataset"]]
-    ebm, ckpt = _model(cfg["group"], args.run)
     test = _prepared(cfg["dataset"], "test")
-    e = cfg["evaluate"]
+    e = cfg["evaluate"]["quadrature"]
     dens = LevelDensity(ebm, 0, e["extent"], e["grid"])
-    metrics = {"test_ll_nats": float(dens.log_prob(test).mean()), "log_z_level0_quadrature": dens.log_z,
-               "iterations": ckpt["iteration"]}
-    toy = get_toy(ds["toy"]) if ds["source"] == "toy" else None
-    log_p_data = toy.log_density(dens.x_grid) if toy else None
-    if log_p_data is not None:  # the data density is known in closed form
-        metrics["kl_nats"] = kl_data_model(log_p_data, dens.log_g_grid, dens.cell)
+    metrics = {"test_ll_nats": float(dens.log_prob(test).mean()), "log_z_quadrature": dens.log_z}
+    if ds["source"] == "toy":  # the data density is known in closed form
+        toy = get_toy(ds["toy"])
+        metrics["kl_nats"] = kl_data_model(toy.log_density(dens.x_grid), dens.log_g_grid, dens.cell)
         metrics["data_entropy_nats"] = float(-toy.log_density(test).mean())
+    return metrics
+
+
+def _fidelity_metrics(params: dict, cfg: dict, run: str, device: str) -> dict:
+    from drl.evaluate.fidelity import fid_is, load_reference_statistics
+
+    e = cfg["evaluate"]["fidelity"]
+    split = e.get("reference_split", "train")
+    ref = _require(paths.refstats_file(cfg["dataset"], split, e["extractor"]),
+                   f"drl refstats --dataset {cfg['dataset']} --split {split} --extractor {e['extractor']}")
+    samples = np.load(_require(paths.samples_file(cfg["group"], run), f"drl sample --run {run}"))
+    out = fid_is(samples, load_reference_statistics(ref), _extractor_cfg(params, e["extractor"]),
+                 e.get("is_splits", 10), e.get("batch_size", 64), device)
+    return {**out, "extractor": e["extractor"], "extractor_description": out["extractor"],
+            "reference": f"{cfg['dataset']}/{split}"}
+
+
+def _partition_metrics(cfg: dict, ebm, device: str) -> dict:
+    """log Z_0 (App. A.4, eqs. 33-36) and the normalised test log-density; bits/dim for 8-bit images."""
+    import torch
+
+    from drl.data.pixels import is_image_array, to_model_space
+    from drl.evaluate.partition import bits_per_dim, estimate_log_z, test_log_likelihood
+
+    e = cfg["evaluate"]["partition"]
+    ebm.to(device)
+    raw = _prepared(cfg["dataset"], "test")
+    test = to_model_space(raw)
+    gen = torch.Generator(device=device).manual_seed(e["seed"])
+    est = estimate_log_z(ebm, e["n_samples"], test.shape[1:], e["K"], gen, e.get("batch_size", 1000),
+                         e.get("noise_scale", 1.0), e.get("space", "x"))
+    log_p = test_log_likelihood(ebm, test, est["log_z0"], e.get("batch_size", 1000))
+    out = {"log_z_ais": est["log_z0"], "log_z_ais_se": est["se"], "test_ll_ais_nats": float(log_p.mean()),
+           "log_z_ais_curve": est["curve"], "log_z_ais_min_ess_fraction": min(lv["ess_fraction"] for lv in est["per_level"])}
+    if is_image_array(raw):
+        out["test_bpd"] = float(bits_per_dim(log_p, int(np.prod(test.shape[1:]))).mean())
+    return out
+
+
+def cmd_evaluate(params: dict, args) -> None:
+    cfg = run_config(params, args.run)
+    ebm, ckpt = _model(cfg["group"], args.run)
+    metrics = {"iterations": ckpt["iteration"]}
+    if "quadrature" in cfg["evaluate"]:
+        metrics.update(_quadrature_metrics(params, cfg, ebm))
+    if "fidelity" in cfg["evaluate"]:
+        metrics.update(_fidelity_metrics(params, cfg, args.run, _device(args)))
+    if "partition" in cfg["evaluate"]:
+        metrics.update(_partition_metrics(cfg, ebm, _device(args)))
     write_json(paths.metrics_file(cfg["group"], args.run), {"run": args.run, **metrics})
-    print(f"{args.run}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    print(f"{args.run}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float))))
 
 
 def cmd_figure(params: dict, args) -> None:
-    from drl.report.figures import comparison_figure, progressive_figure
+    from drl.report.figures import comparison_figure, progressive_figure, sample_grid_figure
 
     if args.figure not in params.get("figures", {}):
         raise ParamsError(f"figure {args.figure!r} is not defined under figures in {args.params}")
@@ -104,10 +208,14 @@ def cmd_figure(params: dict, args) -> None:
     loaded = []
     for r in fig_cfg["runs"]:
         cfg = run_config(params, r)
-        ebm, _ = _model(cfg["group"], r)
+        ebm = None if fig_cfg["kind"] == "samples" else _model(cfg["group"], r)[0]
         samples = np.load(_require(paths.samples_file(cfg["group"], r), f"drl sample --run {r}"))
         loaded.append((r, cfg, ebm, samples))
-    extent = loaded[0][1]["evaluate"]["extent"]
+    if fig_cfg["kind"] == "samples":
+        fig = sample_grid_figure([(r, images) for r, _, _, images in loaded], fig_cfg.get("n", 64))
+        savefig(paths.figure_file(fig_cfg["group"], args.figure), fig)
+        return
+    extent = loaded[0][1]["evaluate"]["quadrature"]["extent"]
     if fig_cfg["kind"] == "progressive":
         _, _, ebm, levels = loaded[0]
         fig = progressive_figure(ebm, levels, extent)
@@ -117,20 +225,51 @@ def cmd_figure(params: dict, args) -> None:
     savefig(paths.figure_file(fig_cfg["group"], args.figure), fig)
 
 
+def cmd_table(params: dict, args) -> None:
+    from drl.report.tables import load_metrics, table_rows, to_csv, to_markdown
+
+    if args.table not in params.get("tables", {}):
+        raise ParamsError(f"table {args.table!r} is not defined under tables in {args.params}")
+    table = params["tables"][args.table]
+
+    def metrics_of_run(run):
+        group = params["runs"][run]["group"]
+        return load_metrics(_require(paths.metrics_file(group, run), f"drl evaluate --run {run}"))
+
+    rows = table_rows(table, metrics_of_run)
+    write_text(table["output"], to_csv(rows))
+    write_text(paths.table_markdown(table["output"]), to_markdown(table["title"], table["columns"], rows))
+    print(f"wrote {table['output']} ({len(rows)} rows)")
+
+
+def cmd_missing_input(params: dict, args) -> None:
+    """Explain a raw dataset file or weights file that the workflow needs but cannot make."""
+    from drl.data.prepare import LOADERS, raw_inputs
+
+    for name, ds in params["datasets"].items():
+        if args.path in raw_inputs(ds) and not Path(args.path).exists():
+            LOADERS[ds["source"]](ds)  # raises DataError naming the file, its format and where to get it
+    for name, ex in params.get("extractors", {}).items():
+        if ex.get("weights") == args.path:
+            from drl.evaluate.fidelity import resolve_extractor
+
+            resolve_extractor(ex)  # raises EvaluationError with the download address
+    raise DataError(f"{args.path}: not found; params.yaml names it as an input that you provide")
+
+
 def cmd_dvc_yaml(params: dict, args) -> None:
-    from drl.workflow import dvc_yaml_text
+    from drl.workflow import dvc_files
 
-    text = dvc_yaml_text(params)
-    target = Path(args.output)
+    files = dvc_files(params)
+    stale = [p for p, text in files.items() if not Path(p).exists() or Path(p).read_text() != text]
     if args.check:
-        if not target.exists() or target.read_text() != text:
-            raise SystemExit(f"{target} is out of date with {args.params}; run `drl dvc-yaml` to regenerate it")
-        print(f"{target} is up to date")
+        if stale:
+            raise SystemExit(f"{', '.join(stale)} out of date with {args.params}; run `drl dvc-yaml` to regenerate")
+        print(f"{', '.join(files)} up to date")
         return
-    from drl.io import write_text
-
-    write_text(target, text)
-    print(f"wrote {target}")
+    for path in stale:
+        write_text(path, files[path])
+        print(f"wrote {path}")
 
 
 def cmd_validate(params: dict, args) -> None:
@@ -148,18 +287,31 @@ def main(argv=None) -> int:
         sp.add_argument("--run", required=True)
         sp.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
         sp.set_defaults(fn=fn)
+    sp = sub.add_parser("extractor", help="train a classifier feature extractor (embedded data FID/IS)")
+    sp.add_argument("--extractor", required=True)
+    sp = sub.add_parser("refstats", help="FID reference statistics of one dataset split")
+    sp.add_argument("--dataset", required=True)
+    sp.add_argument("--split", choices=("train", "test"), required=True)
+    sp.add_argument("--extractor", required=True)
+    sp.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     sp = sub.add_parser("figure", help="render one entry of `figures`")
     sp.add_argument("--figure", required=True)
-    sp = sub.add_parser("dvc-yaml", help="generate dvc.yaml from params.yaml (the Snakemake DAG's twin)")
-    sp.add_argument("--output", default="dvc.yaml")
+    sp = sub.add_parser("dvc-yaml", help="generate the DVC pipeline files from params.yaml (the Snakemake DAG's twin)")
     sp.add_argument("--check", action="store_true", help="fail if the file is out of date")
+    sp = sub.add_parser("table", help="render one entry of `tables` (CSV + Markdown)")
+    sp.add_argument("--table", required=True)
+    sp = sub.add_parser("missing-input", help="explain a missing raw dataset or weights file (exit code 2)")
+    sp.add_argument("--path", required=True)
     sub.add_parser("validate", help="validate params.yaml and exit")
     args = p.parse_args(argv)
-    fns = {"prepare": cmd_prepare, "figure": cmd_figure, "dvc-yaml": cmd_dvc_yaml, "validate": cmd_validate}
+    fns = {"prepare": cmd_prepare, "figure": cmd_figure, "table": cmd_table, "extractor": cmd_extractor,
+           "refstats": cmd_refstats, "missing-input": cmd_missing_input, "dvc-yaml": cmd_dvc_yaml, "validate": cmd_validate}
     fn = getattr(args, "fn", None) or fns[args.stage]
+    from drl.evaluate.errors import EvaluationError
+
     try:
         fn(load_params(args.params), args)
-    except (ParamsError, DataError) as exc:
+    except (ParamsError, DataError, EvaluationError) as exc:
         print(f"drl {args.stage}: error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -18,6 +18,22 @@ def _key(path) -> str:
     return ".".join(str(p) for p in path) or "(top level)"
 
 
+# What each evaluate subsection measures (the keys of the run's metrics JSON that tables may cite).
+EVALUATION_METRICS = {
+    "quadrature": ("kl_nats", "test_ll_nats", "log_z_quadrature"),
+    "fidelity": ("fid", "is_mean", "is_std"),
+    "partition": ("log_z_ais", "log_z_ais_se", "test_ll_ais_nats", "test_bpd"),
+}
+
+
+# Snakemake rule names: a group of the same name would clash with its target rule.
+RESERVED_GROUPS = {"all", "prepare", "train", "sample", "extractor", "refstats", "evaluate", "figure", "table"}
+
+
+def metrics_of(evaluate: dict) -> set[str]:
+    return {m for section in evaluate for m in EVALUATION_METRICS.get(section, ())}
+
+
 def _semantic_errors(params: dict) -> list[str]:
     errors = []
     datasets = params.get("datasets", {})
@@ -46,10 +62,56 @@ def _semantic_errors(params: dict) -> list[str]:
         if s.get("step_size") == "released" and d.get("schedule") != "released" and not d.get("sigma0", 0) > 0:
             errors.append(f"{where}.sampler.step_size: 'released' needs a lightly noised level 0 "
                           "(diffusion.sigma0 > 0 or schedule: released)")
+    for where, item in [*(("runs", r) for r in runs.items()), *(("figures", f) for f in params.get("figures", {}).items()),
+                        *(("tables", t) for t in params.get("tables", {}).items())]:
+        if item[1].get("group") in RESERVED_GROUPS:
+            errors.append(f"{where}.{item[0]}.group: {item[1]['group']!r} is the name of a workflow rule; "
+                          f"choose another (reserved: {sorted(RESERVED_GROUPS)})")
+    extractors = params.get("extractors", {})
+    for name, ex in extractors.items():
+        need = {"inception": "weights", "classifier": "dataset"}.get(ex.get("kind"))
+        if need and need not in ex:
+            errors.append(f"extractors.{name}.{need}: required when kind is {ex['kind']!r}")
+        if ex.get("kind") == "classifier" and ex.get("dataset") not in (None, *datasets):
+            errors.append(f"extractors.{name}.dataset: {ex['dataset']!r} is not defined under datasets")
+    for name, run in runs.items():
+        gpus = run.get("resources", {}).get("gpu", 0)
+        if gpus > 1 and run.get("train", {}).get("batch_size", 0) % gpus:
+            errors.append(f"runs.{name}.train.batch_size: {run['train']['batch_size']} is not divisible by "
+                          f"resources.gpu = {gpus} (one training process per GPU)")
+        ev = run.get("evaluate", {})
+        two_d = datasets.get(run.get("dataset"), {}).get("source") in ("toy", "points")
+        if "quadrature" in ev and run.get("dataset") in datasets and not two_d:
+            errors.append(f"runs.{name}.evaluate.quadrature: grid quadrature is for 2-D data only")
+        if "fidelity" in ev and ev["fidelity"].get("extractor") not in extractors:
+            errors.append(f"runs.{name}.evaluate.fidelity.extractor: {ev['fidelity'].get('extractor')!r} is not "
+                          f"defined under extractors (defined: {sorted(extractors)})")
+    outputs = {}
+    for name, table in params.get("tables", {}).items():
+        if table.get("output") in outputs:
+            errors.append(f"tables.{name}.output: {table['output']} is also written by tables.{outputs[table['output']]}")
+        outputs[table.get("output")] = name
+        for i, row in enumerate(table.get("rows", [])):
+            if "run" not in row:
+                continue
+            if row["run"] not in runs:
+                errors.append(f"tables.{name}.rows[{i}].run: {row['run']!r} is not defined under runs")
+                continue
+            produced = metrics_of(runs[row["run"]].get("evaluate", {}))
+            missing = [c for c in table.get("columns", []) if c not in produced]
+            if missing:
+                errors.append(f"tables.{name}.rows[{i}]: run {row['run']!r} does not measure {missing}; its "
+                              f"evaluate section yields {sorted(produced)}")
     for name, fig in params.get("figures", {}).items():
         for r in fig.get("runs", []):
             if r not in runs:
                 errors.append(f"figures.{name}.runs: {r!r} is not defined under runs")
+        two_d = [datasets[runs[r]["dataset"]].get("source") in ("toy", "points")
+                 for r in fig.get("runs", []) if runs.get(r, {}).get("dataset") in datasets]
+        if fig.get("kind") == "samples" and any(two_d):
+            errors.append(f"figures.{name}.kind: 'samples' grids are for image runs; use progressive for 2-D")
+        if fig.get("kind") in ("progressive", "comparison") and not all(two_d):
+            errors.append(f"figures.{name}.kind: {fig['kind']!r} figures are for 2-D runs; use samples for images")
         if fig.get("kind") == "comparison" and len(fig.get("runs", [])) < 2:
             errors.append(f"figures.{name}.runs: a comparison figure needs at least two runs")
     return errors

@@ -11,15 +11,18 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from drl.paths import PATTERNS, PREPARED_FILES
+from drl.paths import PATTERNS, PREPARED_FILES, table_markdown
 
 # Code each kind of stage runs (DVC reruns a stage when its code changes).
 CODE = {
     "prepare": ["drl/data", "drl/io.py"],
     "train": ["drl/train.py", "drl/diffusion.py", "drl/energy.py", "drl/mcmc.py", "drl/objectives.py", "drl/nets"],
     "sample": ["drl/sample.py", "drl/mcmc.py"],
+    "extractor": ["drl/evaluate"],
+    "refstats": ["drl/evaluate"],
     "evaluate": ["drl/evaluate"],
     "figure": ["drl/report"],
+    "table": ["drl/report"],
 }
 MODEL_SECTIONS = ("group", "dataset", "diffusion", "energy", "sampler", "objective", "train")
 
@@ -32,12 +35,13 @@ class Stage:
     deps: list[str]
     outs: list[str]
     params: list[str]
+    group: str | None = None  # the run/figure/table group whose target list includes this stage
     metrics: list[str] = field(default_factory=list)
-    plots: list[str] = field(default_factory=list)
+    reports: list[str] = field(default_factory=list)  # small committed outputs: figures and tables
 
     @property
     def targets(self) -> list[str]:
-        return self.outs + self.metrics + self.plots
+        return self.outs + self.metrics + self.reports
 
 
 def _run_files(params: dict, run: str) -> dict:
@@ -46,37 +50,96 @@ def _run_files(params: dict, run: str) -> dict:
             for k in ("model", "train_log", "train_config", "samples", "metrics")}
 
 
-def stages(params: dict) -> list[Stage]:
+def _prepared(dataset: str, split: str) -> str:
+    return f"{PATTERNS['prepared'].format(dataset=dataset)}/{split}.npy"
+
+
+def extractor_inputs(params: dict, extractor: str) -> list[str]:
+    """The file a feature extractor is loaded from: local Inception weights, or the trained classifier."""
+    ex = params["extractors"][extractor]
+    return [ex["weights"]] if ex["kind"] == "inception" else [PATTERNS["extractor"].format(extractor=extractor)]
+
+
+def reference_statistics(params: dict) -> set[tuple[str, str, str]]:
+    """(dataset, split, extractor) of every FID reference the runs need; each is computed once."""
+    return {(cfg["dataset"], cfg["evaluate"]["fidelity"].get("reference_split", "train"),
+             cfg["evaluate"]["fidelity"]["extractor"])
+            for cfg in params["runs"].values() if "fidelity" in cfg["evaluate"]}
+
+
+def _data_stages(params: dict) -> list[Stage]:
+    from drl.data.prepare import raw_inputs
+
     out = []
-    for ds in params["datasets"]:
+    for ds, dcfg in params["datasets"].items():
         prepared = PATTERNS["prepared"].format(dataset=ds)
-        deps = list(CODE["prepare"])
-        if params["datasets"][ds]["source"] == "points":
-            deps.append(params["datasets"][ds]["path"])
-        out.append(Stage(f"prepare_{ds}", "prepare", f"drl prepare --dataset {ds}", deps,
+        out.append(Stage(f"prepare_{ds}", "prepare", f"drl prepare --dataset {ds}", CODE["prepare"] + raw_inputs(dcfg),
                          [f"{prepared}/{f}" for f in PREPARED_FILES], [f"datasets.{ds}"]))
-    for run, cfg in params["runs"].items():
-        f = _run_files(params, run)
-        prepared = PATTERNS["prepared"].format(dataset=cfg["dataset"])
-        out.append(Stage(f"train_{run}", "train", f"drl train --run {run}",
-                         [f"{prepared}/train.npy"] + CODE["train"],
-                         [f["model"], f["train_log"], f["train_config"]],
-                         [f"runs.{run}.{s}" for s in MODEL_SECTIONS]))
-        out.append(Stage(f"sample_{run}", "sample", f"drl sample --run {run}",
-                         [f["model"]] + CODE["sample"], [f["samples"]], [f"runs.{run}.sample"]))
-        out.append(Stage(f"evaluate_{run}", "evaluate", f"drl evaluate --run {run}",
-                         [f["model"], f"{prepared}/test.npy"] + CODE["evaluate"], [],
-                         [f"runs.{run}.evaluate", f"datasets.{cfg['dataset']}"], metrics=[f["metrics"]]))
+    for name, ex in params.get("extractors", {}).items():
+        if ex["kind"] == "classifier":
+            out.append(Stage(f"extractor_{name}", "extractor", f"drl extractor --extractor {name}",
+                             [_prepared(ex["dataset"], "train"), _prepared(ex["dataset"], "test")] + CODE["extractor"],
+                             [PATTERNS["extractor"].format(extractor=name)], [f"extractors.{name}"]))
+    for ds, split, ex in sorted(reference_statistics(params)):
+        out.append(Stage(f"refstats_{ds}_{split}_{ex}", "refstats",
+                         f"drl refstats --dataset {ds} --split {split} --extractor {ex}",
+                         [_prepared(ds, split)] + extractor_inputs(params, ex) + CODE["refstats"],
+                         [PATTERNS["refstats"].format(dataset=ds, split=split, extractor=ex)], [f"extractors.{ex}"]))
+    return out
+
+
+def train_command(cfg: dict, run: str) -> str:
+    """`drl train`, or with ``resources.gpu: N > 1`` N DistributedDataParallel processes under torchrun."""
+    n = cfg.get("resources", {}).get("gpu", 0)
+    return f"drl train --run {run}" if n <= 1 else f"torchrun --standalone --nproc_per_node {n} -m drl.cli -- train --run {run}"
+
+
+def _run_stages(params: dict, run: str) -> list[Stage]:
+    cfg, f = params["runs"][run], _run_files(params, run)
+    group, ev = cfg["group"], cfg["evaluate"]
+    eval_deps, eval_params = [f["model"]], [f"runs.{run}.evaluate", f"datasets.{cfg['dataset']}"]
+    if "quadrature" in ev or "partition" in ev:
+        eval_deps.append(_prepared(cfg["dataset"], "test"))
+    if "fidelity" in ev:
+        ex, split = ev["fidelity"]["extractor"], ev["fidelity"].get("reference_split", "train")
+        eval_deps += [f["samples"], PATTERNS["refstats"].format(dataset=cfg["dataset"], split=split, extractor=ex)]
+        eval_deps += extractor_inputs(params, ex)
+        eval_params.append(f"extractors.{ex}")
+    return [
+        Stage(f"train_{run}", "train", train_command(cfg, run), [_prepared(cfg["dataset"], "train")] + CODE["train"],
+              [f["model"], f["train_log"], f["train_config"]], [f"runs.{run}.{s}" for s in MODEL_SECTIONS], group),
+        Stage(f"sample_{run}", "sample", f"drl sample --run {run}", [f["model"]] + CODE["sample"], [f["samples"]],
+              [f"runs.{run}.sample"], group),
+        Stage(f"evaluate_{run}", "evaluate", f"drl evaluate --run {run}", eval_deps + CODE["evaluate"], [],
+              eval_params, group, metrics=[f["metrics"]]),
+    ]
+
+
+def _report_stages(params: dict) -> list[Stage]:
+    out = []
     for fig, fcfg in params.get("figures", {}).items():
         deps = []
         for run in fcfg["runs"]:
             f = _run_files(params, run)
-            deps += [f["model"], f["samples"]]
-        deps.append(PATTERNS["prepared"].format(dataset=params["runs"][fcfg["runs"][0]]["dataset"]) + "/test.npy")
+            deps += [f["samples"]] if fcfg["kind"] == "samples" else [f["model"], f["samples"]]
+        if fcfg["kind"] == "comparison":
+            deps.append(_prepared(params["runs"][fcfg["runs"][0]]["dataset"], "test"))
         out.append(Stage(f"figure_{fig}", "figure", f"drl figure --figure {fig}", deps + CODE["figure"], [],
-                         [f"figures.{fig}"] + [f"runs.{r}.evaluate" for r in fcfg["runs"]],
-                         plots=[PATTERNS["figure"].format(group=fcfg["group"], figure=fig)]))
+                         [f"figures.{fig}"] + [f"runs.{r}.evaluate" for r in fcfg["runs"]], fcfg["group"],
+                         reports=[PATTERNS["figure"].format(group=fcfg["group"], figure=fig)]))
+    for name, tcfg in params.get("tables", {}).items():
+        runs = list(dict.fromkeys(r["run"] for r in tcfg["rows"] if "run" in r))
+        out.append(Stage(f"table_{name}", "table", f"drl table --table {name}",
+                         [_run_files(params, r)["metrics"] for r in runs] + CODE["table"], [], [f"tables.{name}"],
+                         tcfg["group"], reports=[tcfg["output"], str(table_markdown(tcfg["output"]))]))
     return out
+
+
+def stages(params: dict) -> list[Stage]:
+    out = _data_stages(params)
+    for run in params["runs"]:
+        out += _run_stages(params, run)
+    return out + _report_stages(params)
 
 
 def stages_by_output(params: dict) -> dict[str, Stage]:
@@ -84,26 +147,63 @@ def stages_by_output(params: dict) -> dict[str, Stage]:
     return {t: s for s in stages(params) for t in s.targets}
 
 
+def external_inputs(params: dict) -> set[str]:
+    """Input files no stage writes: raw datasets and downloaded weights (the user provides them)."""
+    made = stages_by_output(params)
+    return {d for s in stages(params) for d in s.deps if not d.startswith("drl/") and d not in made}
+
+
+def groups(params: dict) -> list[str]:
+    return sorted({s.group for s in stages(params) if s.group})
+
+
 def group_targets(params: dict, group: str | None = None) -> list[str]:
-    """Every artifact of one group of runs (models, samples, metrics, figures), or of all groups.
+    """Every artifact of one group (models, samples, metrics, figures, tables), or of all groups.
 
     Models and samples are targets too: in a fresh clone the committed metrics and figures exist
     but the models do not, and the demo must then train them rather than report nothing to do."""
-    prefix = "results/" if group is None else f"results/{group}/"
-    return [t for s in stages(params) for t in s.targets if t.startswith(prefix)]
+    return [t for s in stages(params) if s.group and group in (None, s.group) for t in s.targets]
 
 
-def dvc_yaml_text(params: dict) -> str:
-    doc = {}
+# Stages that read raw datasets or weights the user provides live in their own DVC pipeline file, so
+# that `dvc repro` (default target: ./dvc.yaml) runs everything that needs nothing from outside the
+# repository, and `dvc repro EXTERNAL_DVC_YAML` the rest once the raw data is in place.
+EXTERNAL_DVC_YAML = "pipelines/external-data/dvc.yaml"
+
+
+def needs_external_input(params: dict) -> set[str]:
+    """Names of the stages that depend, directly or through other stages, on an external input."""
+    made, external = stages_by_output(params), external_inputs(params)
+    memo: dict[str, bool] = {}
+
+    def needs(stage: Stage) -> bool:
+        if stage.name not in memo:
+            memo[stage.name] = any(d in external or (d in made and needs(made[d])) for d in stage.deps)
+        return memo[stage.name]
+
+    return {s.name for s in stages(params) if needs(s)}
+
+
+def dvc_files(params: dict) -> dict[str, str]:
+    """The text of each generated DVC pipeline file: dvc.yaml and EXTERNAL_DVC_YAML (paths in the
+    latter are relative to the project root through ``wdir``)."""
+    external = needs_external_input(params)
+    wdir = "/".join([".."] * EXTERNAL_DVC_YAML.count("/"))
+    docs = {"dvc.yaml": {}, EXTERNAL_DVC_YAML: {}}
     for s in stages(params):
-        st = {"cmd": s.cmd, "deps": s.deps, "params": s.params}
+        st = {"cmd": s.cmd, "deps": s.deps, "params": [{"params.yaml": s.params}] if s.name in external else s.params}
+        if s.name in external:
+            st = {"wdir": wdir, **st}
         if s.outs:
             st["outs"] = s.outs
         if s.metrics:
             st["metrics"] = [{m: {"cache": False}} for m in s.metrics]
-        if s.plots:
-            st["outs"] = st.get("outs", []) + [{p: {"cache": False}} for p in s.plots]
-        doc[s.name] = st
+        if s.reports:
+            st["outs"] = st.get("outs", []) + [{p: {"cache": False}} for p in s.reports]
+        docs[EXTERNAL_DVC_YAML if s.name in external else "dvc.yaml"][s.name] = st
     header = ("# Generated from params.yaml by `drl dvc-yaml` (drl/workflow.py); do not edit by hand.\n"
               "# The Snakemake rules read the same stage list, so both describe one DAG.\n")
-    return header + yaml.safe_dump({"stages": doc}, sort_keys=False, width=120)
+    notes = {"dvc.yaml": "# Stages that need nothing from outside the repository (`dvc repro`).\n",
+             EXTERNAL_DVC_YAML: f"# Stages that need raw datasets or weights (`dvc repro {EXTERNAL_DVC_YAML}`).\n"}
+    return {path: header + notes[path] + yaml.safe_dump({"stages": doc}, sort_keys=False, width=120)
+            for path, doc in docs.items()}

@@ -130,6 +130,33 @@ SEMANTIC_CASES = {
     "points_dataset_without_path": (
         lambda p: p["datasets"].update(mine={"source": "points", "seed": 0}),
         "datasets.mine.path", "points"),
+    "batch_not_divisible_by_gpus": (
+        lambda p: p["runs"]["cifar10_t6_k30"].update(resources={"gpu": 3}),
+        "runs.cifar10_t6_k30.train.batch_size", "resources.gpu"),
+    "quadrature_on_images": (
+        lambda p: p["runs"]["digits_t6_k30"]["evaluate"].update(quadrature={"extent": 4.0, "grid": 64}),
+        "runs.digits_t6_k30.evaluate.quadrature", "2-D"),
+    "unknown_extractor": (
+        lambda p: p["runs"]["digits_t6_k30"]["evaluate"]["fidelity"].update(extractor="vgg"),
+        "runs.digits_t6_k30.evaluate.fidelity.extractor", "vgg"),
+    "classifier_without_dataset": (
+        lambda p: p["extractors"]["digits_classifier"].pop("dataset"),
+        "extractors.digits_classifier.dataset", "classifier"),
+    "inception_without_weights": (
+        lambda p: p["extractors"]["inception"].pop("weights"),
+        "extractors.inception.weights", "inception"),
+    "table_metric_not_measured": (
+        lambda p: p["tables"]["table3"].update(columns=["test_bpd", "kl_nats"]),
+        "tables.table3.rows[6]", "kl_nats"),
+    "table_missing_run": (
+        lambda p: p["tables"]["table3"]["rows"].append({"label": "x", "run": "ghost"}),
+        "tables.table3.rows[7].run", "ghost"),
+    "samples_figure_of_a_toy": (
+        lambda p: p["figures"]["fig_samples_digits"].update(runs=[RINGS]),
+        "figures.fig_samples_digits.kind", "image"),
+    "group_named_like_a_rule": (
+        lambda p: p["runs"][RINGS].update(group="train"),
+        f"runs.{RINGS}.group", "rule"),
     "comparison_with_one_run": (
         lambda p: p["figures"]["fig2_checkerboard"]["runs"].pop(),
         "figures.fig2_checkerboard.runs", "two"),

@@ -8,11 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
 from drl.config import load_params
-from drl.workflow import dvc_yaml_text
+from drl.workflow import EXTERNAL_DVC_YAML, dvc_files, train_command
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -50,25 +51,68 @@ def snakemake_jobs(cwd, target):
     return sorted(jobs, key=lambda j: j[0])
 
 
-def dvc_jobs(dvc_yaml: dict):
+def dvc_jobs(root: Path):
+    """(command, inputs, outputs) of every stage of the generated DVC pipeline files."""
     jobs = []
-    for st in dvc_yaml["stages"].values():
-        outs = [o if isinstance(o, str) else next(iter(o)) for o in st.get("outs", []) + st.get("metrics", [])]
-        deps = [d for d in st["deps"] if not d.startswith("drl/")]
-        jobs.append((st["cmd"], frozenset(deps), frozenset(outs)))
+    for name in ("dvc.yaml", EXTERNAL_DVC_YAML):
+        if not (root / name).exists():
+            continue
+        for st in yaml.safe_load((root / name).read_text())["stages"].values():
+            outs = [o if isinstance(o, str) else next(iter(o)) for o in st.get("outs", []) + st.get("metrics", [])]
+            deps = [d for d in st["deps"] if not d.startswith("drl/")]
+            jobs.append((st["cmd"], frozenset(deps), frozenset(outs)))
     return sorted(jobs, key=lambda j: j[0])
 
 
-def test_dvc_yaml_is_generated_from_params():
-    assert (ROOT / "dvc.yaml").read_text() == dvc_yaml_text(load_params(ROOT / "params.yaml")), \
-        "dvc.yaml is stale: run `drl dvc-yaml`"
+def test_dvc_files_are_generated_from_params():
+    for name, text in dvc_files(load_params(ROOT / "params.yaml")).items():
+        assert (ROOT / name).read_text() == text, f"{name} is stale: run `drl dvc-yaml`"
 
 
 def test_snakemake_and_dvc_describe_the_same_dag():
-    sm = snakemake_jobs(ROOT, "all")
-    dv = dvc_jobs(yaml.safe_load((ROOT / "dvc.yaml").read_text()))
+    sm = [j for j in snakemake_jobs(ROOT, "all") if not j[0].startswith("drl missing-input")]
+    dv = dvc_jobs(ROOT)
     assert len(sm) == len(dv) > 0
     assert sm == dv
+
+
+def test_stages_that_read_raw_data_have_their_own_dvc_file():
+    root_stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    external = yaml.safe_load((ROOT / EXTERNAL_DVC_YAML).read_text())["stages"]
+    assert "train_toy_checkerboard_drl" in root_stages and "prepare_cifar10" not in root_stages
+    assert {"prepare_cifar10", "train_cifar10_t6_k30", "table_table2"} <= set(external)
+    assert all(st["wdir"] == "../.." for st in external.values())
+
+
+def _dry_run_jobs(target: str) -> dict[str, set[str]]:
+    """Rule name -> the set of its jobs' wildcard values (or outputs), from `snakemake -n target`."""
+    out = run(["snakemake", "-n", "--forceall", target], ROOT).stdout
+    jobs: dict[str, set[str]] = {}
+    for block in out.split("\nrule ")[1:]:
+        rule = block.split(":", 1)[0].strip()
+        wc = re.search(r"^\s+wildcards: (.*)$", block, flags=re.M)
+        output = re.search(r"^\s+output: (.*)$", block, flags=re.M).group(1)
+        jobs.setdefault(rule, set()).add(wc.group(1) if wc else output)
+    return jobs
+
+
+@pytest.mark.parametrize("table", ["table1", "table2", "table3"])
+def test_paper_table_dry_run_lists_every_configuration_and_the_raw_files(table):
+    params = load_params(ROOT / "params.yaml")
+    tcfg = params["tables"][table]
+    jobs = _dry_run_jobs(tcfg["output"])
+    runs = {r["run"] for r in tcfg["rows"] if "run" in r}
+    assert {w.split("run=")[1] for w in jobs["train"]} == runs
+    assert {w.split("run=")[1] for w in jobs["evaluate"]} == runs
+    assert jobs["missing_input"] == {"raw=data/raw/cifar-10-python.tar.gz",
+                                     f"raw={params['extractors']['inception']['weights']}"}
+    assert jobs["prepare"] == {"dataset=cifar10"} and len(jobs["refstats"]) == 1
+
+
+def test_figure_dry_run_trains_each_pictured_model():
+    jobs = _dry_run_jobs("results/paper/figures/fig1.png")
+    assert {w.split("run=")[1] for w in jobs["train"]} == {"lsun_church128_t6", "lsun_bedroom128_t6", "celeba64_t6"}
+    assert {"raw=data/raw/celeba/list_eval_partition.txt", "raw=data/raw/lsun/bedroom_val_lmdb"} <= jobs["missing_input"]
 
 
 TINY = """
@@ -83,10 +127,29 @@ _defaults:
     train: {iterations: 60, batch_size: 64, lr: 0.002, beta1: 0.9, beta2: 0.999, eps: 1.0e-8, warmup: 10,
             ema: 0.9, seed: 0, checkpoint_every: 20, log_every: 10, max_abs_energy: 1.0e+6}
     sample: {n: 400, K: 5, noise_scale: 1.0, seed: 1}
-    evaluate: {extent: 4.0, grid: 64}
+    evaluate: {quadrature: {extent: 4.0, grid: 64}}
 datasets:
   checkerboard: {source: toy, toy: checkerboard, n_train: 2000, n_test: 500, seed: 0}
+  digits: {source: digits, test_fraction: 0.1, seed: 0}
+extractors:
+  digits_classifier: {kind: classifier, dataset: digits, width: 8, epochs: 1, batch_size: 64, lr: 1.0e-3, seed: 0}
 runs:
+  digits_t6:
+    group: demo
+    dataset: digits
+    diffusion: {schedule: released, T: 6, top_level: marginal}
+    energy:
+      parameterisation: net_over_s2
+      net: {kind: wrn, resolution: 8, in_channels: 1, ch: 8, ch_mult: [1, 2], n_blocks: 1, temb_dim: 16,
+            head: temb, spectral_norm: true}
+    sampler: {K: 3, step_size: released, b: 0.0141421356, noise_scale: 1.0}
+    objective: {name: recovery_likelihood, loss_weights: released}
+    train: {iterations: 6, batch_size: 16, lr: 0.001, beta1: 0.9, beta2: 0.999, eps: 1.0e-7, warmup: 2,
+            ema: 0.9, seed: 0, checkpoint_every: 3, log_every: 2, max_abs_energy: 1.0e+6, hflip: true}
+    sample: {n: 40, batch_size: 16, K: 3, noise_scale: 0.99, seed: 1}
+    evaluate:
+      fidelity: {extractor: digits_classifier, is_splits: 2}
+      partition: {n_samples: 32, K: 2, batch_size: 16, seed: 2}
   toy_checkerboard_drl:
     <<: *tiny
     group: demo
@@ -101,6 +164,16 @@ runs:
 figures:
   fig2_checkerboard: {kind: comparison, group: demo, runs: [toy_checkerboard_drl, toy_checkerboard_shortrun]}
   fig3_checkerboard: {kind: progressive, group: demo, runs: [toy_checkerboard_drl]}
+  fig_digits: {kind: samples, group: demo, n: 16, runs: [digits_t6]}
+tables:
+  table_digits:
+    output: results/demo/table_digits.csv
+    group: demo
+    title: digits
+    columns: [fid, is_mean, test_bpd]
+    rows:
+      - {label: quoted, paper: {fid: 9.6, is_mean: 8.58, test_bpd: 3.18}}
+      - {label: digits T6, run: digits_t6}
 """
 
 
@@ -119,7 +192,9 @@ def project(tmp_path_factory):
 
 
 DEMO_OUTPUTS = ["results/demo/metrics/toy_checkerboard_drl.json", "results/demo/metrics/toy_checkerboard_shortrun.json",
-                "results/demo/figures/fig2_checkerboard.png", "results/demo/figures/fig3_checkerboard.png"]
+                "results/demo/figures/fig2_checkerboard.png", "results/demo/figures/fig3_checkerboard.png",
+                "results/demo/metrics/digits_t6.json", "results/demo/figures/fig_digits.png",
+                "results/demo/table_digits.csv", "results/demo/table_digits.md"]
 
 
 @pytest.mark.e2e
@@ -129,6 +204,14 @@ def test_snakemake_runs_the_tiny_pipeline_and_reruns_on_param_change(project):
         assert (project / f).stat().st_size > 0, f
     m = json.loads((project / DEMO_OUTPUTS[0]).read_text())
     assert m["kl_nats"] > 0 and m["iterations"] == 60
+    # the image path: digits prepared, a classifier extractor, FID/IS against its reference
+    # statistics, bits/dim from the importance-sampled log Z, a sample grid and a table
+    d = json.loads((project / "results/demo/metrics/digits_t6.json").read_text())
+    assert d["iterations"] == 6 and d["fid"] > 0 and d["extractor"] == "digits_classifier" and d["test_bpd"] > 0
+    assert np.load(project / "results/demo/runs/digits_t6/samples.npy").shape == (40, 8, 8, 1)
+    table = (project / "results/demo/table_digits.csv").read_text().splitlines()
+    assert table[0] == "section,label,source,run,extractor,fid,fid_paper,is_mean,is_mean_paper,test_bpd,test_bpd_paper"
+    assert table[2].startswith(",digits T6,measured,digits_t6,digits_classifier,")
     assert (project / "results/demo/runs/toy_checkerboard_drl/config.json").exists()
     assert "Nothing to be done" in run(["snakemake", "--cores", "2", "demo"], project).out
     # a changed evaluate setting reruns only that run's evaluation and the figures that read it
@@ -146,10 +229,10 @@ def _change_drl_evaluate_grid(project):
     """Give the DRL run its own evaluate section with a new grid; returns the original text."""
     original = (project / "params.yaml").read_text()
     text = original.replace("    dataset: checkerboard\n  toy_checkerboard_shortrun:",
-                            "    dataset: checkerboard\n    evaluate: {extent: 4.0, grid: 96}\n"
+                            "    dataset: checkerboard\n    evaluate: {quadrature: {extent: 4.0, grid: 96}}\n"
                             "  toy_checkerboard_shortrun:")
     new, old = yaml.safe_load(text)["runs"], yaml.safe_load(original)["runs"]
-    assert new["toy_checkerboard_drl"]["evaluate"]["grid"] == 96
+    assert new["toy_checkerboard_drl"]["evaluate"]["quadrature"]["grid"] == 96
     assert new["toy_checkerboard_shortrun"] == old["toy_checkerboard_shortrun"]
     (project / "params.yaml").write_text(text)
     return original
@@ -173,3 +256,11 @@ def test_dvc_repro_reruns_only_changed_stages_and_diffs_metrics(project):
     diff = run("dvc metrics diff --json", project).stdout
     changed_metrics = json.loads(diff)["results/demo/metrics/toy_checkerboard_drl.json"]
     assert "kl_nats" in changed_metrics
+
+
+def test_runs_on_several_gpus_train_under_torchrun():
+    params = load_params(ROOT / "params.yaml")
+    cfg = json.loads(json.dumps(params["runs"]["cifar10_t6_k30"]))
+    assert train_command(cfg, "r") == "drl train --run r"  # one GPU: one process
+    cfg["resources"]["gpu"] = 4
+    assert train_command(cfg, "r") == "torchrun --standalone --nproc_per_node 4 -m drl.cli -- train --run r"

@@ -1,5 +1,5 @@
 """Figures for the 2-D toys: progressive samples and per-level densities (paper Fig. 3), and
-DRL versus the short-run T = 1 EBM (paper Fig. 2)."""
+DRL versus the short-run T = 1 EBM (paper Fig. 2); and grids of image samples."""
 from __future__ import annotations
 
 import matplotlib
@@ -54,4 +54,30 @@ def comparison_figure(data: np.ndarray, runs: list[tuple[str, object, np.ndarray
         _density(axes[2 + 2 * i], ebm, 0, extent, n_grid, f"{name}: density")
     _clean(axes)
     fig.tight_layout()
+    return fig
+
+
+def _grid(images: np.ndarray, n: int) -> np.ndarray:
+    """The first n uint8 images (N, H, W, C) tiled in a square grid with 1-pixel white borders."""
+    n = min(n, len(images))
+    cols = int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / cols))
+    h, w, c = images.shape[1:]
+    grid = np.full((rows * (h + 1) + 1, cols * (w + 1) + 1, c), 255, dtype=np.uint8)
+    for i in range(n):
+        r, q = divmod(i, cols)
+        grid[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + q * (w + 1):1 + q * (w + 1) + w] = images[i]
+    return grid
+
+
+def sample_grid_figure(panels: list[tuple[str, np.ndarray]], n: int = 64):
+    """Uncurated samples (paper Figs. 1, 4, 11-16): one grid of the first n images per run, side by side."""
+    grids = [(name, _grid(images, n)) for name, images in panels]
+    fig, axes = plt.subplots(1, len(grids), figsize=(5 * len(grids), 5.4), squeeze=False)
+    for ax, (name, grid) in zip(axes[0], grids):
+        gray = grid.shape[-1] == 1
+        ax.imshow(grid[..., 0] if gray else grid, cmap="gray" if gray else None, vmin=0, vmax=255,
+                  interpolation="nearest")
+        ax.set_title(name)
+        ax.set_axis_off()
     return fig

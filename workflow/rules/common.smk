@@ -1,22 +1,36 @@
 # Shared set-up: validate params.yaml (all problems at once, naming the key), and look every job's
 # inputs, command and params up in the stage list of drl/workflow.py (which also generates dvc.yaml).
 import json
+import re
 
 from drl.config import validate
-from drl.paths import PATTERNS, PREPARED_FILES
-from drl.workflow import group_targets, stages_by_output
+from drl.paths import PATTERNS, PREPARED_FILES, table_markdown
+from drl.workflow import external_inputs, group_targets, groups, stages_by_output
 
 validate(config, "params.yaml")
 STAGE_OF = stages_by_output(config)
+TABLE_OUTPUTS = [t["output"][: -len(".csv")] for t in config.get("tables", {}).values()]
+EXTERNAL_INPUTS = sorted(external_inputs(config))
+
+
+def _alternatives(names):
+    return "|".join(re.escape(n) for n in names) or "(?!)"
+
 
 wildcard_constraints:
     dataset="[A-Za-z0-9_-]+",
     group="[A-Za-z0-9_-]+",
     run="[A-Za-z0-9_-]+",
     figure="[A-Za-z0-9_-]+",
+    extractor="[A-Za-z0-9_-]+",
+    split="train|test",
+    table=_alternatives(TABLE_OUTPUTS),
+    raw=_alternatives(EXTERNAL_INPUTS),
 
 
 def _stage(path_key, wc):
+    if path_key == "table":
+        return STAGE_OF[f"{wc.table}.csv"]
     return STAGE_OF[PATTERNS[path_key].format(**wc)]
 
 
@@ -43,3 +57,8 @@ def params_of(path_key):
         return json.dumps(out, sort_keys=True)
 
     return values
+
+
+def run_resource(name, default):
+    """A run's `resources.<name>` from params.yaml (GPUs, memory, minutes), for train/sample/evaluate."""
+    return lambda wc: config["runs"][wc.run].get("resources", {}).get(name, default)

@@ -14,3 +14,13 @@ rule prepare:
         runtime=30,
     shell:
         "{params.cmd} > {log} 2>&1"
+
+
+# Raw datasets and weights are never made by the workflow.  When one is missing this job stands in
+# for it: a dry run (`snakemake -n`) lists it, and a real run stops here, before any other work,
+# with the exact path expected, its format and where to obtain it.
+rule missing_input:
+    output:
+        "{raw}",
+    shell:
+        "drl missing-input --path {output:q}"

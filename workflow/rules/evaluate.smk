@@ -1,3 +1,39 @@
+rule extractor:
+    input:
+        inputs_of("extractor"),
+    output:
+        PATTERNS["extractor"],
+    params:
+        cmd=cmd_of("extractor"),
+        values=params_of("extractor"),
+    log:
+        "logs/extractor/{extractor}.log",
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    shell:
+        "{params.cmd} > {log} 2>&1"
+
+
+rule refstats:
+    input:
+        inputs_of("refstats"),
+    output:
+        PATTERNS["refstats"],
+    params:
+        cmd=cmd_of("refstats"),
+        values=params_of("refstats"),
+    log:
+        "logs/refstats/{dataset}/{split}_{extractor}.log",
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=120,
+    shell:
+        "{params.cmd} > {log} 2>&1"
+
+
 rule evaluate:
     input:
         inputs_of("metrics"),
@@ -10,7 +46,8 @@ rule evaluate:
         "logs/evaluate/{group}/{run}.log",
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=60,
+        gpu=run_resource("gpu", 0),
+        mem_mb=run_resource("mem_mb", 4000),
+        runtime=run_resource("runtime", 60),
     shell:
         "{params.cmd} > {log} 2>&1"

@@ -10,12 +10,12 @@ rule train:
         values=params_of("model"),
     log:
         "logs/train/{group}/{run}.log",
-    # The 2-D toy MLPs gain nothing from a second thread, so runs go side by side.
+    # The demo's small networks gain little from a second thread, so runs go side by side.
     threads: 1
     resources:
-        gpu=0,
-        mem_mb=8000,
-        runtime=24 * 60,
+        gpu=run_resource("gpu", 0),
+        mem_mb=run_resource("mem_mb", 4000),
+        runtime=run_resource("runtime", 24 * 60),
     shell:
         "{params.cmd} > {log} 2>&1"
 
@@ -32,7 +32,8 @@ rule sample:
         "logs/sample/{group}/{run}.log",
     threads: 2
     resources:
-        mem_mb=4000,
-        runtime=60,
+        gpu=run_resource("gpu", 0),
+        mem_mb=run_resource("mem_mb", 4000),
+        runtime=run_resource("runtime", 60),
     shell:
         "{params.cmd} > {log} 2>&1"

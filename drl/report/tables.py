@@ -1,0 +1,53 @@
+"""Tables 1-3: each row either measured by this pipeline (read from a run's metrics JSON) or quoted
+from the paper, with the paper's value beside ours, as CSV and as Markdown."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+MEASURED, QUOTED = "measured", "quoted from the paper"
+
+
+def table_rows(table: dict, metrics_of_run) -> list[dict]:
+    """One dict per row of ``table`` (a ``tables`` entry); ``metrics_of_run(run)`` returns that run's
+    metrics dict.  Columns: section, label, source, run, extractor, then <metric> and <metric>_paper."""
+    rows = []
+    for row in table["rows"]:
+        m = metrics_of_run(row["run"]) if "run" in row else {}
+        out = {"section": row.get("section", ""), "label": row["label"],
+               "source": MEASURED if "run" in row else QUOTED, "run": row.get("run", ""),
+               "extractor": m.get("extractor", "")}
+        for col in table["columns"]:
+            out[col] = m.get(col, "")
+            paper = row.get("paper", {}).get(col)
+            out[f"{col}_paper"] = "" if paper is None else paper
+        rows.append(out)
+    return rows
+
+
+def to_csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def _fmt(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v) if v != "" else "-"
+
+
+def to_markdown(title: str, columns: list[str], rows: list[dict]) -> str:
+    head = ["", "Model / setting"] + [f"{c} (ours)" for c in columns] + [f"{c} (paper)" for c in columns] + ["source"]
+    lines = [f"## {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        source = r["source"] + (f", {r['extractor']}" if r["extractor"] else "")
+        cells = [r["section"], r["label"]] + [_fmt(r[c]) for c in columns] + [_fmt(r[f"{c}_paper"]) for c in columns]
+        lines.append("| " + " | ".join(cells + [source]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def load_metrics(path: str | Path) -> dict:
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,29 @@
+"""drl/report/tables.py: measured rows read the run's metrics, quoted rows keep the paper's values."""
+from __future__ import annotations
+
+import csv
+import io
+
+from drl.report.tables import MEASURED, QUOTED, table_rows, to_csv, to_markdown
+
+TABLE = {"title": "T", "columns": ["fid", "is_mean"],
+         "rows": [{"section": "GAN", "label": "SNGAN", "paper": {"fid": 21.7, "is_mean": 8.22}},
+                  {"label": "Ours", "run": "r1", "paper": {"fid": 9.6, "is_mean": None}}]}
+
+
+def test_rows_put_ours_beside_the_paper_and_say_where_each_number_comes_from():
+    rows = table_rows(TABLE, lambda run: {"fid": 12.5, "is_mean": 7.0, "extractor": "inception"})
+    assert rows[0]["source"] == QUOTED and rows[0]["fid"] == "" and rows[0]["fid_paper"] == 21.7
+    assert rows[1]["source"] == MEASURED and rows[1]["fid"] == 12.5 and rows[1]["fid_paper"] == 9.6
+    assert rows[1]["is_mean_paper"] == "" and rows[1]["extractor"] == "inception"
+    parsed = list(csv.DictReader(io.StringIO(to_csv(rows))))
+    assert [r["label"] for r in parsed] == ["SNGAN", "Ours"] and parsed[1]["fid"] == "12.5"
+    md = to_markdown("T", TABLE["columns"], rows)
+    assert "| GAN | SNGAN | - | - | 21.7 | 8.22 | quoted from the paper |" in md
+    assert "| Ours | 12.5 | 7 | 9.6 | - | measured, inception |" in md
+
+
+def test_only_rows_with_a_run_read_metrics():
+    seen = []
+    table_rows(TABLE, lambda run: seen.append(run) or {})
+    assert seen == ["r1"]
