@@ -6,39 +6,57 @@ import torch
 from drl.energy import ConditionalEBM
 
 
+def _check_noise(noise: list[torch.Tensor] | None, steps: int) -> None:
+    if noise is not None and len(noise) != steps:
+        raise ValueError(f"supplied noise has {len(noise)} tensors for {steps} sampling steps")
+
+
 # Eq. 17, K steps, started at y = x_{t+1} unless ``y`` is given:
 #   y <- y + delta_t^2 / 2 (grad_y f(y, t) + (x_{t+1} - y) / sigma_{t+1}^2) + noise_scale delta_t eps
 # (the tether term vanishes at a marginal top level).  No Metropolis correction.
+# ``noise``: the K eps_tau to use instead of drawing them (interpolation, Section 4.1).
 def langevin(ebm: ConditionalEBM, x_next: torch.Tensor, t: torch.Tensor, K: int,
-             noise_scale: float = 1.0, generator=None, y: torch.Tensor | None = None) -> torch.Tensor:
+             noise_scale: float = 1.0, generator=None, y: torch.Tensor | None = None,
+             noise: list[torch.Tensor] | None = None) -> torch.Tensor:
+    _check_noise(noise, K)
     y = x_next.detach().clone() if y is None else y.detach().clone()
     half_d2 = 0.5 * ebm.per_level("delta", t, y) ** 2
     d_noise = noise_scale * ebm.per_level("delta", t, y)
     inv_var = ebm.per_level("tether_inv_var", t, y)
     ctx = ebm.time_context(t)
-    for _ in range(K):
+    for k in range(K):
         _, grad = ebm.score(y, t, ctx=ctx)
-        eps = torch.randn(y.shape, generator=generator, dtype=y.dtype, device=y.device)
+        if noise is None:
+            eps = torch.randn(y.shape, generator=generator, dtype=y.dtype, device=y.device)
+        else:
+            eps = noise[k]
         y = y + half_d2 * (grad + inv_var * (x_next - y)) + d_noise * eps
     return y.detach()
 
 
 # Eq. 12: y = x_{t+1} + sigma_{t+1}^2 grad f(x_{t+1}, t) + noise_scale sigma_{t+1} eps,
 # a sample of the normal approximation (eq. 11) of p(y_t | x_{t+1}).
+# ``eps``: the noise to use instead of drawing it (interpolation, Section 4.1).
 def normal_approximation(ebm: ConditionalEBM, x_next: torch.Tensor, t: torch.Tensor,
-                         noise_scale: float = 1.0, generator=None) -> torch.Tensor:
+                         noise_scale: float = 1.0, generator=None,
+                         eps: torch.Tensor | None = None) -> torch.Tensor:
     if (ebm.per_level("tether_inv_var", t, x_next) == 0).any():
         raise ValueError("the normal approximation (K = 0) needs a conditional level; "
                          "a marginal top level has no tether (set diffusion.top_level: conditional)")
     sigma = ebm.per_level("sigma_next", t, x_next)
     _, grad = ebm.score(x_next, t)
-    eps = torch.randn(x_next.shape, generator=generator, dtype=x_next.dtype, device=x_next.device)
+    if eps is None:
+        eps = torch.randn(x_next.shape, generator=generator, dtype=x_next.dtype, device=x_next.device)
     return (x_next + sigma**2 * grad + noise_scale * sigma * eps).detach()
 
 
 def recovery_sample(ebm: ConditionalEBM, x_next: torch.Tensor, t: torch.Tensor, K: int,
-                    noise_scale: float = 1.0, generator=None) -> torch.Tensor:
-    """A sample of p(y_t | x_{t+1}): K Langevin steps, or the normal approximation when K = 0."""
+                    noise_scale: float = 1.0, generator=None,
+                    noise: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """A sample of p(y_t | x_{t+1}): K Langevin steps, or the normal approximation when K = 0.
+    ``noise``: the eps to use instead of drawing them, one per step (one for K = 0)."""
     if K == 0:
-        return normal_approximation(ebm, x_next, t, noise_scale, generator)
-    return langevin(ebm, x_next, t, K, noise_scale, generator)
+        _check_noise(noise, 1)
+        eps = None if noise is None else noise[0]
+        return normal_approximation(ebm, x_next, t, noise_scale, generator, eps)
+    return langevin(ebm, x_next, t, K, noise_scale, generator, noise=noise)
