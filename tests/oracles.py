@@ -148,3 +148,28 @@ def exact_progressive_sample(data: GaussianMixtureData, sched: Schedule, n: int,
         x = y / sched.y_scale[t]
         xs.append(x)
     return xs
+
+
+# ---------------------------------------------------------------- HMC oracles (Section 4.2)
+def sample_recovery_posterior(data: GaussianMixtureData, sched: Schedule, t: int, x_next: np.ndarray,
+                              n: int, rng) -> np.ndarray:
+    """n exact draws [n, D] of p(y_t | x_{t+1}) for one x_{t+1} (``recovery_posterior``)."""
+    w, means, var = data.recovery_posterior(sched, t, x_next)
+    k = rng.choice(len(w), size=n, p=w)
+    return means[k] + np.sqrt(var[k])[:, None] * rng.standard_normal((n, data.dim))
+
+
+def gaussian_hmc_acceptance(h: float, dim: int, n_leapfrog: int = 2, n: int = 400_000,
+                            seed: int = 0) -> float:
+    """Mean Metropolis acceptance probability of stationary HMC (unit mass) on an isotropic Gaussian
+    N(m, s^2 I) in ``dim`` dimensions with leapfrog step h s.  In the coordinates q = (y - m) / s the
+    leapfrog map is linear and depends on h alone, so E[min(1, exp(-dH))] is a function of
+    (h, dim, L): evaluated here by Monte Carlo over (q, p) ~ N(0, I) (float64, error ~1e-3)."""
+    r = np.random.default_rng(seed)
+    q, p = r.standard_normal((2, n, dim))
+    h0 = 0.5 * (q**2 + p**2).sum(1)
+    p = p - 0.5 * h * q
+    for i in range(n_leapfrog):
+        q = q + h * p
+        p = p - (h if i < n_leapfrog - 1 else 0.5 * h) * q
+    return float(np.minimum(1.0, np.exp(h0 - 0.5 * (q**2 + p**2).sum(1))).mean())
