@@ -91,7 +91,8 @@ def cmd_sample(params: dict, args) -> None:
     batch = s.get("batch_size", s["n"])
     parts = []
     for start in tqdm(range(0, s["n"], batch), desc="sample", mininterval=2.0):
-        levels = progressive_sample(ebm, min(batch, s["n"] - start), shape, s["K"], s["noise_scale"], gen, device)
+        levels = progressive_sample(ebm, min(batch, s["n"] - start), shape, s["K"], s["noise_scale"], gen, device,
+                                    keep_levels=len(shape) == 1)
         # 2-D: every level (x_T .. x_0) for the progressive figure; images: x_0 as uint8 (N, H, W, C)
         parts.append(torch.stack(levels).cpu().numpy() if len(shape) == 1 else to_uint8(levels[-1]))
     np_save(paths.samples_file(cfg["group"], args.run), np.concatenate(parts, axis=1 if len(shape) == 1 else 0))
@@ -142,9 +143,10 @@ def _quadrature_metrics(params: dict, cfg: dict, ebm) -> dict:
     e = cfg["evaluate"]["quadrature"]
     dens = LevelDensity(ebm, 0, e["extent"], e["grid"])
     metrics = {"test_ll_nats": float(dens.log_prob(test).mean()), "log_z_quadrature": dens.log_z}
-    if ds["source"] == "toy":  # the data density is known in closed form
-        toy = get_toy(ds["toy"])
-        metrics["kl_nats"] = kl_data_model(toy.log_density(dens.x_grid), dens.log_g_grid, dens.cell)
+    toy = get_toy(ds["toy"]) if ds["source"] == "toy" else None
+    log_p_data = toy.log_density(dens.x_grid) if toy else None
+    if log_p_data is not None:  # the data density is known in closed form
+        metrics["kl_nats"] = kl_data_model(log_p_data, dens.log_g_grid, dens.cell)
         metrics["data_entropy_nats"] = float(-toy.log_density(test).mean())
     return metrics
 
