@@ -35,10 +35,16 @@ def write_text(path, text: str) -> None:
 
 
 def torch_save(path, obj) -> None:
+    """torch.save through a buffer: saved to a file, the zip archive would be named after the random
+    temp file, and equal checkpoints would differ byte for byte (their sha256 is recorded)."""
+    import io
+
     import torch
 
+    buf = io.BytesIO()
+    torch.save(obj, buf)
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        tmp.write_bytes(buf.getbuffer())
 
 
 def np_save(path, array) -> None:
