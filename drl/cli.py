@@ -202,8 +202,21 @@ def cmd_evaluate(params: dict, args) -> None:
     print(f"{args.run}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float))))
 
 
+def _interpolations(cfg: dict, ebm, fig_cfg: dict) -> list[np.ndarray]:
+    """One row per pair of seeds: slerp of the initial and every Langevin noise (Sec. 4.1, Fig. 5),
+    sampled with the run's evaluation sampler settings."""
+    from drl.data.pixels import to_uint8
+    from drl.interpolate import interpolate_seeds
+
+    s, seed = cfg["sample"], fig_cfg.get("seed", 0)
+    shape = _sample_shape(cfg["energy"]["net"])
+    return [to_uint8(interpolate_seeds(ebm, shape, s["K"], (seed + 2 * i, seed + 2 * i + 1), fig_cfg.get("points", 8),
+                                       s["noise_scale"]))
+            for i in range(fig_cfg.get("rows", 4))]
+
+
 def cmd_figure(params: dict, args) -> None:
-    from drl.report.figures import comparison_figure, progressive_figure, sample_grid_figure
+    from drl.report.figures import comparison_figure, interpolation_figure, progressive_figure, sample_grid_figure
 
     if args.figure not in params.get("figures", {}):
         raise ParamsError(f"figure {args.figure!r} is not defined under figures in {args.params}")
@@ -212,8 +225,15 @@ def cmd_figure(params: dict, args) -> None:
     for r in fig_cfg["runs"]:
         cfg = run_config(params, r)
         ebm = None if fig_cfg["kind"] == "samples" else _model(cfg["group"], r)[0]
+        if fig_cfg["kind"] == "interpolation":
+            loaded.append((r, cfg, ebm, None))
+            continue
         samples = np.load(_require(paths.samples_file(cfg["group"], r), f"drl sample --run {r}"))
         loaded.append((r, cfg, ebm, samples))
+    if fig_cfg["kind"] == "interpolation":
+        fig = interpolation_figure([row for _, cfg, ebm, _ in loaded for row in _interpolations(cfg, ebm, fig_cfg)])
+        savefig(paths.figure_file(fig_cfg["group"], args.figure), fig)
+        return
     if fig_cfg["kind"] == "samples":
         fig = sample_grid_figure([(r, images) for r, _, _, images in loaded], fig_cfg.get("n", 64))
         savefig(paths.figure_file(fig_cfg["group"], args.figure), fig)

@@ -108,8 +108,8 @@ def _semantic_errors(params: dict) -> list[str]:
                 errors.append(f"figures.{name}.runs: {r!r} is not defined under runs")
         two_d = [datasets[runs[r]["dataset"]].get("source") in ("toy", "points")
                  for r in fig.get("runs", []) if runs.get(r, {}).get("dataset") in datasets]
-        if fig.get("kind") == "samples" and any(two_d):
-            errors.append(f"figures.{name}.kind: 'samples' grids are for image runs; use progressive for 2-D")
+        if fig.get("kind") in ("samples", "interpolation") and any(two_d):
+            errors.append(f"figures.{name}.kind: {fig['kind']!r} figures are for image runs; use progressive for 2-D")
         if fig.get("kind") in ("progressive", "comparison") and not all(two_d):
             errors.append(f"figures.{name}.kind: {fig['kind']!r} figures are for 2-D runs; use samples for images")
         if fig.get("kind") == "comparison" and len(fig.get("runs", [])) < 2:

@@ -121,11 +121,13 @@ def _report_stages(params: dict) -> list[Stage]:
         deps = []
         for run in fcfg["runs"]:
             f = _run_files(params, run)
-            deps += [f["samples"]] if fcfg["kind"] == "samples" else [f["model"], f["samples"]]
+            deps += {"samples": [f["samples"]], "interpolation": [f["model"]]}.get(fcfg["kind"], [f["model"], f["samples"]])
         if fcfg["kind"] == "comparison":
             deps.append(_prepared(params["runs"][fcfg["runs"][0]]["dataset"], "test"))
-        out.append(Stage(f"figure_{fig}", "figure", f"drl figure --figure {fig}", deps + CODE["figure"], [],
-                         [f"figures.{fig}"] + [f"runs.{r}.evaluate" for r in fcfg["runs"]], fcfg["group"],
+        read = "sample" if fcfg["kind"] == "interpolation" else "evaluate"
+        code = CODE["figure"] + (["drl/interpolate.py", "drl/mcmc.py"] if fcfg["kind"] == "interpolation" else [])
+        out.append(Stage(f"figure_{fig}", "figure", f"drl figure --figure {fig}", deps + code, [],
+                         [f"figures.{fig}"] + [f"runs.{r}.{read}" for r in fcfg["runs"]], fcfg["group"],
                          reports=[PATTERNS["figure"].format(group=fcfg["group"], figure=fig)]))
     for name, tcfg in params.get("tables", {}).items():
         runs = list(dict.fromkeys(r["run"] for r in tcfg["rows"] if "run" in r))

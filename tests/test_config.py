@@ -154,6 +154,9 @@ SEMANTIC_CASES = {
     "samples_figure_of_a_toy": (
         lambda p: p["figures"]["fig_samples_digits"].update(runs=[RINGS]),
         "figures.fig_samples_digits.kind", "image"),
+    "interpolation_of_a_toy": (
+        lambda p: p["figures"]["fig5_interpolation_digits"].update(runs=[RINGS]),
+        "figures.fig5_interpolation_digits.kind", "image"),
     "group_named_like_a_rule": (
         lambda p: p["runs"][RINGS].update(group="train"),
         f"runs.{RINGS}.group", "rule"),

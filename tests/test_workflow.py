@@ -165,6 +165,7 @@ figures:
   fig2_checkerboard: {kind: comparison, group: demo, runs: [toy_checkerboard_drl, toy_checkerboard_shortrun]}
   fig3_checkerboard: {kind: progressive, group: demo, runs: [toy_checkerboard_drl]}
   fig_digits: {kind: samples, group: demo, n: 16, runs: [digits_t6]}
+  fig_interp: {kind: interpolation, group: demo, rows: 2, points: 4, seed: 0, runs: [digits_t6]}
 tables:
   table_digits:
     output: results/demo/table_digits.csv
@@ -194,6 +195,7 @@ def project(tmp_path_factory):
 DEMO_OUTPUTS = ["results/demo/metrics/toy_checkerboard_drl.json", "results/demo/metrics/toy_checkerboard_shortrun.json",
                 "results/demo/figures/fig2_checkerboard.png", "results/demo/figures/fig3_checkerboard.png",
                 "results/demo/metrics/digits_t6.json", "results/demo/figures/fig_digits.png",
+                "results/demo/figures/fig_interp.png",
                 "results/demo/table_digits.csv", "results/demo/table_digits.md"]
 
 

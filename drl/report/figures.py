@@ -81,3 +81,24 @@ def sample_grid_figure(panels: list[tuple[str, np.ndarray]], n: int = 64):
         ax.set_title(name)
         ax.set_axis_off()
     return fig
+
+
+def interpolation_figure(rows: list[np.ndarray]):
+    """Interpolations between two generated samples (paper Figs. 5, 8-10): one row of uint8
+    images (points, H, W, C) per pair, the endpoints leftmost and rightmost."""
+    strip = np.concatenate([_row(r) for r in rows], axis=0)
+    gray = strip.shape[-1] == 1
+    fig, ax = plt.subplots(figsize=(0.5 + 0.09 * strip.shape[1], 0.3 + 0.09 * strip.shape[0]))
+    ax.imshow(strip[..., 0] if gray else strip, cmap="gray" if gray else None, vmin=0, vmax=255,
+              interpolation="nearest")
+    ax.set_axis_off()
+    return fig
+
+
+def _row(images: np.ndarray) -> np.ndarray:
+    """uint8 images (n, H, W, C) side by side with 1-pixel white borders."""
+    n, h, w, c = images.shape
+    row = np.full((h + 1, n * (w + 1) + 1, c), 255, dtype=np.uint8)
+    for i, img in enumerate(images):
+        row[1:, 1 + i * (w + 1):1 + i * (w + 1) + w] = img
+    return row
