@@ -45,3 +45,14 @@ def test_unknown_run_and_bad_params_exit_2(project, capsys):
     (project / "params.yaml").write_text((project / "params.yaml").read_text().replace("      K: 30", "      K: -3"))
     assert main(["validate"]) == 2
     assert "sampler.K" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path,words", [
+    ("data/raw/cifar-10-python.tar.gz", ["cifar-10-python.tar.gz", "https://www.cs.toronto.edu/~kriz/cifar.html"]),
+    ("data/raw/lsun/church_outdoor_train_lmdb", ["church_outdoor_train_lmdb", "github.com/fyu/lsun"]),
+    ("data/weights/weights-inception-2015-12-05-6726825d.pth", ["extractors.inception.weights", "torch-fidelity/releases"]),
+])
+def test_missing_raw_input_says_where_to_get_it(project, capsys, path, words):
+    assert main(["missing-input", "--path", path]) == 2
+    err = capsys.readouterr().err
+    assert all(w in err for w in words), err
