@@ -56,3 +56,22 @@ def test_missing_raw_input_says_where_to_get_it(project, capsys, path, words):
     assert main(["missing-input", "--path", path]) == 2
     err = capsys.readouterr().err
     assert all(w in err for w in words), err
+
+
+def test_quadrature_metrics_without_a_closed_form_density(project):
+    """Two spirals have no closed-form density: evaluate reports the test log-likelihood, no KL."""
+    import numpy as np
+    import torch
+
+    from drl.cli import _quadrature_metrics
+    from drl.config import load_params
+    from drl.train import build_model
+
+    params = load_params("params.yaml")
+    cfg = params["runs"]["toy_two_spirals_drl"]
+    cfg = {**cfg, "evaluate": {"quadrature": {"extent": 4.0, "grid": 32}}}
+    (project / "data/prepared/two_spirals").mkdir(parents=True)
+    np.save(project / "data/prepared/two_spirals/test.npy", np.zeros((5, 2), np.float32))
+    torch.manual_seed(0)
+    m = _quadrature_metrics(params, cfg, build_model(cfg).eval())
+    assert set(m) == {"test_ll_nats", "log_z_quadrature"} and np.isfinite(m["test_ll_nats"])

@@ -27,3 +27,15 @@ def test_only_rows_with_a_run_read_metrics():
     seen = []
     table_rows(TABLE, lambda run: seen.append(run) or {})
     assert seen == ["r1"]
+
+
+def test_image_grid_layout():
+    import numpy as np
+
+    from drl.report.figures import _grid
+
+    imgs = np.arange(6, dtype=np.uint8).reshape(6, 1, 1, 1) * 40
+    g = _grid(imgs, 6, cols=3)
+    assert g.shape == (2 * 2 + 1, 3 * 2 + 1, 1)
+    assert [g[1 + 2 * r, 1 + 2 * q, 0] for r in range(2) for q in range(3)] == list(imgs.ravel())
+    assert _grid(imgs, 4).shape == (5, 5, 1)  # square by default: 2 x 2

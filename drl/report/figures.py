@@ -57,10 +57,11 @@ def comparison_figure(data: np.ndarray, runs: list[tuple[str, object, np.ndarray
     return fig
 
 
-def _grid(images: np.ndarray, n: int) -> np.ndarray:
-    """The first n uint8 images (N, H, W, C) tiled in a square grid with 1-pixel white borders."""
+def _grid(images: np.ndarray, n: int, cols: int | None = None) -> np.ndarray:
+    """The first n uint8 images (N, H, W, C) tiled ``cols`` to a row (default: a square) with
+    1-pixel white borders."""
     n = min(n, len(images))
-    cols = int(np.ceil(np.sqrt(n)))
+    cols = cols or int(np.ceil(np.sqrt(n)))
     rows = int(np.ceil(n / cols))
     h, w, c = images.shape[1:]
     grid = np.full((rows * (h + 1) + 1, cols * (w + 1) + 1, c), 255, dtype=np.uint8)
@@ -86,19 +87,10 @@ def sample_grid_figure(panels: list[tuple[str, np.ndarray]], n: int = 64):
 def interpolation_figure(rows: list[np.ndarray]):
     """Interpolations between two generated samples (paper Figs. 5, 8-10): one row of uint8
     images (points, H, W, C) per pair, the endpoints leftmost and rightmost."""
-    strip = np.concatenate([_row(r) for r in rows], axis=0)
+    strip = _grid(np.concatenate(rows), sum(map(len, rows)), cols=len(rows[0]))
     gray = strip.shape[-1] == 1
     fig, ax = plt.subplots(figsize=(0.5 + 0.09 * strip.shape[1], 0.3 + 0.09 * strip.shape[0]))
     ax.imshow(strip[..., 0] if gray else strip, cmap="gray" if gray else None, vmin=0, vmax=255,
               interpolation="nearest")
     ax.set_axis_off()
     return fig
-
-
-def _row(images: np.ndarray) -> np.ndarray:
-    """uint8 images (n, H, W, C) side by side with 1-pixel white borders."""
-    n, h, w, c = images.shape
-    row = np.full((h + 1, n * (w + 1) + 1, c), 255, dtype=np.uint8)
-    for i, img in enumerate(images):
-        row[1:, 1 + i * (w + 1):1 + i * (w + 1) + w] = img
-    return row
