@@ -6,12 +6,13 @@ then runs Algorithm 2 with the interpolated noise.
 """
 from __future__ import annotations
 
+from collections import deque
 from typing import NamedTuple, Sequence
 
 import torch
 
 from drl.energy import ConditionalEBM
-from drl.mcmc import recovery_sample
+from drl.sample import progressive_levels
 
 
 class Noise(NamedTuple):
@@ -57,12 +58,7 @@ def draw_noise(ebm: ConditionalEBM, n: int, shape: tuple, K: int, generator=None
 
 # Algorithm 2 (as progressive_sample) with every draw taken from ``noise``; returns x_0.
 def sample_with_noise(ebm: ConditionalEBM, noise: Noise, K: int, noise_scale: float = 1.0) -> torch.Tensor:
-    x = noise.x_T
-    for t, eps in zip(reversed(range(ebm.T)), noise.eps, strict=True):
-        tt = torch.full((len(x),), t, dtype=torch.long, device=x.device)
-        y = recovery_sample(ebm, x, tt, K, noise_scale, noise=eps)
-        x = y / float(ebm.levels["y_scale"][t])
-    return x
+    return deque(progressive_levels(ebm, noise.x_T, K, noise_scale, noise=noise.eps), maxlen=1)[0]
 
 
 # Section 4.1 / Fig. 5: slerp every noise tensor of two single-sample endpoints at each alpha.

@@ -78,7 +78,7 @@ import torch
 from tqdm import tqdm
 
 from drl.energy import ConditionalEBM
-from drl.mcmc import recovery_sample
+from drl.sample import progressive_levels
 
 LOG_2PI = math.log(2.0 * math.pi)
 PIXEL_BIN = 2.0 / 255.0  # spacing of 8-bit values scaled by x / 127.5 - 1
@@ -117,19 +117,6 @@ def log_jacobians(ebm: ConditionalEBM, dim: int, space: str = "x") -> np.ndarray
         raise ValueError(f"space must be 'x' or 'y', got {space!r}")
     s = level_scales(ebm)
     return dim * np.log(s[:-1] / s[1:]) if space == "x" else np.zeros(ebm.T)
-
-
-def progressive_levels(ebm: ConditionalEBM, n: int, shape: tuple, K: int, noise_scale: float = 1.0,
-                       generator=None, device="cpu") -> Iterable[torch.Tensor]:
-    """Algorithm 2 exactly as ``drl.sample.progressive_sample``, yielding x_T, x_{T-1}, ..., x_1 one
-    level at a time (x_0 is not needed; only one level is held in memory, which matters at T1k)."""
-    x = torch.randn((n, *shape), generator=generator, device=device)
-    yield x
-    for t in reversed(range(1, ebm.T)):
-        tt = torch.full((n,), t, dtype=torch.long, device=device)
-        y = recovery_sample(ebm, x, tt, K, noise_scale, generator)
-        x = y / float(ebm.levels["y_scale"][t])
-        yield x
 
 
 @torch.no_grad()
@@ -225,7 +212,7 @@ def estimate_log_z(ebm: ConditionalEBM, n_samples: int, shape: tuple, K: int, ge
     log_jac = log_jacobians(ebm, dim, space)
     if sampler is None:
         def sampler(n, gen):
-            return progressive_levels(ebm, n, shape, K, noise_scale, gen, device)
+            return progressive_levels(ebm, torch.randn((n, *shape), generator=gen, device=device), K, noise_scale, gen)
     parts, done = [], 0
     with tqdm(total=n_samples, desc="log Z", unit="sample", disable=not progress, mininterval=2.0) as bar:
         while done < n_samples:
