@@ -217,3 +217,105 @@ def long_run_sample(ebm: ConditionalEBM, n: int, shape: tuple, steps_per_level: 
         if i:
             acceptance[ebm.T - i] = rate
     return x, {"step_size": torch.as_tensor(step_sizes, dtype=torch.float64), "acceptance": acceptance}
+
+
+# ---------------------------------------------------------------- annealed importance sampling
+# The level-t *marginal* of eq. 32 as an HMC target: log p(y) = f(y, t) + const, y = y_scale[t] x_t,
+# no tether to x_{t+1}.  HMC with a Metropolis test on it leaves the x-space marginal
+# g_t(x) ∝ exp f(y_scale[t] x, t) invariant, the transitions of annealed importance sampling
+# (Neal 2001, "Annealed importance sampling", Statistics and Computing 11; here replacing the
+# progressive samples of App. A.4, see drl/evaluate/partition.py).
+def marginal_target(ebm: ConditionalEBM, t: torch.Tensor, ctx=None) -> Target:
+    def target(y: torch.Tensor):
+        f, grad = ebm.score(y, t, ctx=ctx)
+        return f.detach().double(), grad
+
+    return target
+
+
+def _marginal_transitions(ebm: ConditionalEBM, x: torch.Tensor, t: int, step_size: float, n_steps: int,
+                          n_leapfrog: int, generator, jitter: float):
+    """``n_steps`` HMC transitions on the level-t marginal from x (x-space in and out); returns
+    (x, acceptance probabilities float64 [n_steps, n])."""
+    tt = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
+    target = marginal_target(ebm, tt, ebm.time_context(tt))
+    s = float(ebm.levels["y_scale"][t])
+    y = (s * x).detach()
+    state = (y, *target(y))
+    probs = []
+    for _ in range(n_steps):
+        state, prob = hmc_transition(target, state, step_size, n_leapfrog, generator, jitter)
+        probs.append(prob)
+    return state[0] / s, torch.stack(probs)
+
+
+def _check_ais_args(ebm: ConditionalEBM, n_steps: int, jitter: float, step_sizes=None) -> None:
+    if n_steps < 1:
+        raise ValueError(f"n_steps must be >= 1, got {n_steps}")
+    if not 0.0 <= jitter < 1.0:
+        raise ValueError(f"jitter must lie in [0, 1), got {jitter}")
+    if step_sizes is not None and len(step_sizes) != ebm.T:
+        raise ValueError(f"need one HMC step size per level (T = {ebm.T}), got {len(step_sizes)}")
+    _require_fp32(ebm)
+
+
+# Neal (2001) annealed importance sampling along the levels, from g_T = N(0, I) down to g_0 (the
+# chains of drl.evaluate.partition.estimate_log_z_ais): x_T ~ N(0, I); for t = T-1..0, x_t = x_{t+1}
+# after ``n_steps`` HMC transitions of size step_sizes[t] (y-space units, y = y_scale[t] x) on the
+# level-t marginal (``marginal_target``).  The AIS weight of level t, g_t(x_{t+1}) / g_{t+1}(x_{t+1}),
+# is evaluated on x_{t+1} *before* the level-t transitions: ``level_log_weights`` does exactly that
+# with the yielded x_{t+1}, since this generator runs level t only when asked for the next value.
+def ais_levels(ebm: ConditionalEBM, n: int, shape: tuple, n_steps: int, step_sizes, n_leapfrog: int = 2,
+               jitter: float = 0.0, generator=None, device="cpu",
+               progress: bool = False) -> Iterator[tuple[torch.Tensor, float]]:
+    """Yield (x_T, nan), then (x_t, mean HMC acceptance at level t) for t = T-1..0, lazily.  The
+    step sizes must be fixed in advance (e.g. by ``adapt_marginal_step_sizes`` on separate chains):
+    then every transition leaves its level invariant and the AIS weights are unbiased."""
+    _check_ais_args(ebm, n_steps, jitter, step_sizes)
+    x = torch.randn((n, *shape), generator=generator, device=device)
+    yield x, math.nan
+    for t in _levels(ebm, f"AIS-HMC ({n_steps}/level)", progress):
+        x, probs = _marginal_transitions(ebm, x, t, float(step_sizes[t]), n_steps, n_leapfrog, generator, jitter)
+        yield x, float(probs.mean())
+
+
+# Step sizes for ``ais_levels`` from a pilot run of its own chains (Neal 2001 AIS; band as in
+# Section 4.2 / ``adapt_step_sizes``): the pilot anneals ``n_chains`` chains from N(0, I) level by
+# level; at level t it runs rounds of ``n_steps`` marginal HMC transitions, multiplying eps_t by
+# ``factor`` after a round whose mean acceptance lies above the band and dividing after one below
+# (square-rooting the factor at each reversal), until a round lands in the band.  The pilot's chains
+# are then discarded: the AIS run that uses the step sizes draws fresh ones, so its kernels do not
+# depend on its own states.  Level T-1 starts at ``init_step_size`` (default y_scale[T-1] sigma_T / 4,
+# from small steps as in ``adapt_step_sizes``), level t < T-1 at eps_{t+1} sigma_{t+1} / sigma_{t+2}.
+def adapt_marginal_step_sizes(ebm: ConditionalEBM, n_chains: int, shape: tuple, n_steps: int = 10,
+                              target: tuple[float, float] = (0.6, 0.9), n_leapfrog: int = 2,
+                              init_step_size: float | None = None, factor: float = 1.5,
+                              max_rounds: int = 20, jitter: float = 0.0, generator=None, device="cpu",
+                              progress: bool = False) -> dict:
+    """Return {"step_size", "acceptance" (mean of the final round), "rounds"}, tensors [T] by level t."""
+    _check_ais_args(ebm, n_steps, jitter)
+    lo, hi = target
+    sigma, s = ebm.levels["sigma_next"], ebm.levels["y_scale"]
+    eps = float(0.25 * s[-1] * sigma[-1] if init_step_size is None else init_step_size)
+    out = {"step_size": torch.zeros(ebm.T, dtype=torch.float64),
+           "acceptance": torch.zeros(ebm.T, dtype=torch.float64),
+           "rounds": torch.zeros(ebm.T, dtype=torch.long)}
+    x = torch.randn((n_chains, *shape), generator=generator, device=device)
+    for t in _levels(ebm, "adapt AIS-HMC", progress):
+        if t < ebm.T - 1:
+            eps *= float(sigma[t] / sigma[t + 1])
+        mult, direction = factor, 0
+        for r in range(1, max_rounds + 1):
+            x, probs = _marginal_transitions(ebm, x, t, eps, n_steps, n_leapfrog, generator, jitter)
+            rate = float(probs.mean())
+            if lo <= rate <= hi or r == max_rounds:
+                break
+            new_direction = 1 if rate > hi else -1
+            if direction and new_direction != direction:
+                mult = math.sqrt(mult)
+            eps, direction = eps * mult**new_direction, new_direction
+        if not lo <= rate <= hi:
+            warnings.warn(f"AIS-HMC step size of level {t}: acceptance {rate:.3f} outside [{lo}, {hi}] "
+                          f"after {max_rounds} rounds (step size {eps:.3g})")
+        out["step_size"][t], out["acceptance"][t], out["rounds"][t] = eps, rate, r
+    return out
