@@ -12,7 +12,7 @@ import numpy as np
 from drl import paths
 from drl.config import ParamsError, load_params, run_config
 from drl.data.points import DataError
-from drl.io import np_save, savefig, write_json, write_text
+from drl.io import np_save, np_savez, savefig, write_json, write_text
 
 
 def cmd_prepare(params: dict, args) -> None:
@@ -70,7 +70,7 @@ def _device(args) -> str:
 def _sample_shape(net: dict) -> tuple:
     """One example's shape in model space, from the network's stored arguments."""
     if net["kind"] == "mlp":
-        return (net.get("dim", 2),)
+        return tuple(net.get("in_shape", [net.get("dim", 2)]))
     return (net.get("in_channels", 3), net["resolution"], net["resolution"])
 
 
@@ -79,7 +79,7 @@ def cmd_sample(params: dict, args) -> None:
     from tqdm import tqdm
 
     from drl.data.pixels import to_uint8
-    from drl.sample import progressive_sample
+    from drl.sample import progressive_sample, sample_generators
 
     cfg = run_config(params, args.run)
     s = cfg["sample"]
@@ -87,15 +87,33 @@ def cmd_sample(params: dict, args) -> None:
     device = _device(args)
     ebm.to(device)
     shape = _sample_shape(cfg["energy"]["net"])
-    gen = torch.Generator(device=device).manual_seed(s["seed"])
+    per_sample = s.get("seeding", "per_sample") == "per_sample"
+    gen = None if per_sample else torch.Generator(device=device).manual_seed(s["seed"])
     batch = s.get("batch_size", s["n"])
     parts = []
     for start in tqdm(range(0, s["n"], batch), desc="sample", mininterval=2.0):
-        levels = progressive_sample(ebm, min(batch, s["n"] - start), shape, s["K"], s["noise_scale"], gen, device,
+        stop = min(start + batch, s["n"])
+        levels = progressive_sample(ebm, stop - start, shape, s["K"], s["noise_scale"],
+                                    sample_generators(s["seed"], range(start, stop)) if per_sample else gen, device,
                                     keep_levels=len(shape) == 1)
         # 2-D: every level (x_T .. x_0) for the progressive figure; images: x_0 as uint8 (N, H, W, C)
         parts.append(torch.stack(levels).cpu().numpy() if len(shape) == 1 else to_uint8(levels[-1]))
-    np_save(paths.samples_file(cfg["group"], args.run), np.concatenate(parts, axis=1 if len(shape) == 1 else 0))
+    samples = np.concatenate(parts, axis=1 if len(shape) == 1 else 0)
+    np_save(paths.samples_file(cfg["group"], args.run), samples)
+    savefig(paths.sample_grid_file(cfg["group"], args.run), _samples_figure(args.run, samples))
+
+
+def _samples_figure(run: str, samples: np.ndarray):
+    """samples.png: a grid of the first 64 images, or a scatter plot of 2-D samples x_0."""
+    from drl.report.figures import plt, sample_grid_figure
+
+    if samples.ndim == 4:
+        return sample_grid_figure([(run, samples)], 64)
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.scatter(samples[-1, :, 0], samples[-1, :, 1], s=2, alpha=0.5, linewidths=0)
+    ax.set_aspect("equal")
+    ax.set_title(f"{run}: samples x_0")
+    return fig
 
 
 def _extractor_cfg(params: dict, name: str) -> dict:
@@ -152,37 +170,87 @@ def _quadrature_metrics(params: dict, cfg: dict, ebm) -> dict:
     return metrics
 
 
-def _fidelity_metrics(params: dict, cfg: dict, run: str, device: str) -> dict:
+def _fidelity_metrics(params: dict, cfg: dict, images: np.ndarray, device: str) -> dict:
+    """FID/IS of uint8 images against the run's reference statistics, with the run's extractor."""
     from drl.evaluate.fidelity import fid_is, load_reference_statistics
 
     e = cfg["evaluate"]["fidelity"]
     split = e.get("reference_split", "train")
     ref = _require(paths.refstats_file(cfg["dataset"], split, e["extractor"]),
                    f"drl refstats --dataset {cfg['dataset']} --split {split} --extractor {e['extractor']}")
-    samples = np.load(_require(paths.samples_file(cfg["group"], run), f"drl sample --run {run}"))
-    out = fid_is(samples, load_reference_statistics(ref), _extractor_cfg(params, e["extractor"]),
+    out = fid_is(images, load_reference_statistics(ref), _extractor_cfg(params, e["extractor"]),
                  e.get("is_splits", 10), e.get("batch_size", 64), device)
     return {**out, "extractor": e["extractor"], "extractor_description": out["extractor"],
             "reference": f"{cfg['dataset']}/{split}"}
 
 
+def _samples(cfg: dict, run: str) -> np.ndarray:
+    return np.load(_require(paths.samples_file(cfg["group"], run), f"drl sample --run {run}"))
+
+
+def cmd_long_run(params: dict, args) -> None:
+    """Section 4.2: adapted HMC step sizes and long-run chains of each length (Figs. 6-7)."""
+    from drl.evaluate.long_run import long_run_chains
+
+    cfg = run_config(params, args.run)
+    if "long_run" not in cfg:
+        raise ParamsError(f"runs.{args.run}.long_run is not set in {args.params}")
+    ebm, _ = _model(cfg["group"], args.run)
+    device = _device(args)
+    chains = long_run_chains(ebm.to(device), cfg["long_run"], _sample_shape(cfg["energy"]["net"]), device)
+    np_savez(paths.long_run_file(cfg["group"], args.run), chains)
+    ks = [int(k) for k in chains["steps_per_level"]]
+    rows = ["t,step_size,adapt_acceptance," + ",".join(f"acceptance_{k}" for k in ks)]
+    for t in range(ebm.T):
+        rows.append(",".join(f"{v:.6g}" for v in [t, chains["step_size"][t], chains["adapt_acceptance"][t],
+                                                   *(chains[f"acceptance_{k}"][t] for k in ks)]))
+    write_text(paths.hmc_steps_file(cfg["group"], args.run), "\n".join(rows) + "\n")
+
+
+def _long_run_metrics(params: dict, cfg: dict, run: str, device: str) -> dict:
+    """Per chain length k: FID/IS of its x_0, its log Z_0 estimate (eq. 36) and mean HMC acceptance."""
+    from drl.evaluate.long_run import combine
+
+    chains = np.load(_require(paths.long_run_file(cfg["group"], run), f"drl long-run --run {run}"))
+    out = {}
+    for k in chains["steps_per_level"]:
+        fid = _fidelity_metrics(params, cfg, chains[f"samples_{k}"], device)
+        est = combine(chains, int(k))
+        acc = chains[f"acceptance_{k}"]
+        out[str(k)] = {"fid": fid["fid"], "is_mean": fid["is_mean"], "is_std": fid["is_std"], "n_samples": fid["n_samples"],
+                       "extractor": fid["extractor"], "log_z_ais": est["log_z0"], "log_z_ais_se": est["se"],
+                       "acceptance_mean": None if np.isnan(acc).all() else float(np.nanmean(acc))}
+    return {"long_run": out}
+
+
 def _partition_metrics(cfg: dict, ebm, device: str) -> dict:
-    """log Z_0 (App. A.4, eqs. 33-36) and the normalised test log-density; bits/dim for 8-bit images."""
+    """log Z_0 and the normalised test log-density; bits/dim for 8-bit images.  ``transitions``:
+    "progressive" (App. A.4, eqs. 33-36, along the run's progressive samples) or "ais_hmc" (Neal's
+    2001 annealed importance sampling with HMC on each level's marginal), recorded as log_z_ais_method."""
     import torch
 
     from drl.data.pixels import is_image_array, to_model_space
-    from drl.evaluate.partition import bits_per_dim, estimate_log_z, test_log_likelihood
+    from drl.evaluate.partition import bits_per_dim, estimate_log_z, estimate_log_z_ais, test_log_likelihood
 
     e = cfg["evaluate"]["partition"]
     ebm.to(device)
     raw = _prepared(cfg["dataset"], "test")
     test = to_model_space(raw)
     gen = torch.Generator(device=device).manual_seed(e["seed"])
-    est = estimate_log_z(ebm, e["n_samples"], test.shape[1:], e["K"], gen, e.get("batch_size", 1000),
-                         e.get("noise_scale", 1.0), e.get("space", "x"))
+    method = e.get("transitions", "progressive")
+    if method == "ais_hmc":
+        est = estimate_log_z_ais(ebm, e["n_samples"], test.shape[1:], e["hmc_steps"], e.get("n_leapfrog", 2),
+                                 e.get("step_size"), e.get("jitter", 0.2), gen, e.get("batch_size", 1000))
+    else:
+        est = estimate_log_z(ebm, e["n_samples"], test.shape[1:], e["K"], gen, e.get("batch_size", 1000),
+                             e.get("noise_scale", 1.0), e.get("space", "x"))
     log_p = test_log_likelihood(ebm, test, est["log_z0"], e.get("batch_size", 1000))
     out = {"log_z_ais": est["log_z0"], "log_z_ais_se": est["se"], "test_ll_ais_nats": float(log_p.mean()),
-           "log_z_ais_curve": est["curve"], "log_z_ais_min_ess_fraction": min(lv["ess_fraction"] for lv in est["per_level"])}
+           "log_z_ais_curve": est["curve"], "log_z_ais_min_ess_fraction": min(lv["ess_fraction"] for lv in est["per_level"]),
+           "log_z_ais_method": method}
+    if method == "ais_hmc":  # per level t = 0..T-1; level 0's transitions are never run (no acceptance)
+        out["log_z_ais_hmc_step_size"] = est["step_size"]
+        out["log_z_ais_hmc_acceptance"] = [None if np.isnan(a) else a for a in est["acceptance"]]
     if is_image_array(raw):
         out["test_bpd"] = float(bits_per_dim(log_p, int(np.prod(test.shape[1:]))).mean())
     return out
@@ -195,7 +263,9 @@ def cmd_evaluate(params: dict, args) -> None:
     if "quadrature" in cfg["evaluate"]:
         metrics.update(_quadrature_metrics(params, cfg, ebm))
     if "fidelity" in cfg["evaluate"]:
-        metrics.update(_fidelity_metrics(params, cfg, args.run, _device(args)))
+        metrics.update(_fidelity_metrics(params, cfg, _samples(cfg, args.run), _device(args)))
+    if "long_run" in cfg:
+        metrics.update(_long_run_metrics(params, cfg, args.run, _device(args)))
     if "partition" in cfg["evaluate"]:
         metrics.update(_partition_metrics(cfg, ebm, _device(args)))
     write_json(paths.metrics_file(cfg["group"], args.run), {"run": args.run, **metrics})
@@ -215,12 +285,32 @@ def _interpolations(cfg: dict, ebm, fig_cfg: dict) -> list[np.ndarray]:
             for i in range(fig_cfg.get("rows", 4))]
 
 
+def _long_run_figure(kind: str, run: str, cfg: dict, n: int):
+    """Fig. 6 (``hmc``) or Fig. 7 (``long_run``) from the run's long_run.npz."""
+    from drl.evaluate.long_run import combine
+    from drl.report.figures import hmc_figure, sample_grid_figure
+
+    chains = np.load(_require(paths.long_run_file(cfg["group"], run), f"drl long-run --run {run}"))
+    ks = [int(k) for k in chains["steps_per_level"]]
+    T = len(chains["step_size"])
+    if kind == "long_run":
+        return sample_grid_figure([(f"{run}: {k * T} steps ({k} per time step)", chains[f"samples_{k}"]) for k in ks], n)
+    band = tuple(cfg["long_run"]["adapt"].get("target", (0.6, 0.9)))
+    return hmc_figure(chains["step_size"], chains["adapt_acceptance"],
+                      {k: (chains[f"acceptance_{k}"], combine(chains, k)["curve"]) for k in ks}, band)
+
+
 def cmd_figure(params: dict, args) -> None:
     from drl.report.figures import comparison_figure, interpolation_figure, progressive_figure, sample_grid_figure
 
     if args.figure not in params.get("figures", {}):
         raise ParamsError(f"figure {args.figure!r} is not defined under figures in {args.params}")
     fig_cfg = params["figures"][args.figure]
+    if fig_cfg["kind"] in ("hmc", "long_run"):
+        r = fig_cfg["runs"][0]
+        fig = _long_run_figure(fig_cfg["kind"], r, run_config(params, r), fig_cfg.get("n", 64))
+        savefig(paths.figure_file(fig_cfg["group"], args.figure), fig)
+        return
     loaded = []
     for r in fig_cfg["runs"]:
         cfg = run_config(params, r)
@@ -228,7 +318,7 @@ def cmd_figure(params: dict, args) -> None:
         if fig_cfg["kind"] == "interpolation":
             loaded.append((r, cfg, ebm, None))
             continue
-        samples = np.load(_require(paths.samples_file(cfg["group"], r), f"drl sample --run {r}"))
+        samples = _samples(cfg, r)
         loaded.append((r, cfg, ebm, samples))
     if fig_cfg["kind"] == "interpolation":
         fig = interpolation_figure([row for _, cfg, ebm, _ in loaded for row in _interpolations(cfg, ebm, fig_cfg)])
@@ -305,7 +395,8 @@ def main(argv=None) -> int:
     sub = p.add_subparsers(dest="stage", required=True)
     sp = sub.add_parser("prepare", help="raw data -> data/prepared/<dataset>/")
     sp.add_argument("--dataset", required=True)
-    for name, fn in (("train", cmd_train), ("sample", cmd_sample), ("evaluate", cmd_evaluate)):
+    for name, fn in (("train", cmd_train), ("sample", cmd_sample), ("long-run", cmd_long_run),
+                     ("evaluate", cmd_evaluate)):
         sp = sub.add_parser(name)
         sp.add_argument("--run", required=True)
         sp.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")

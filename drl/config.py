@@ -24,6 +24,9 @@ EVALUATION_METRICS = {
     "fidelity": ("fid", "is_mean", "is_std"),
     "partition": ("log_z_ais", "log_z_ais_se", "test_ll_ais_nats", "test_bpd"),
 }
+# Per chain length of a run's long_run section: metrics["long_run"]["<steps per level>"] (table rows
+# read them with ``select: long_run.<steps per level>``).
+LONG_RUN_METRICS = ("fid", "is_mean", "is_std", "log_z_ais", "log_z_ais_se", "acceptance_mean")
 
 
 # Snakemake rule names: a group of the same name would clash with its target rule.
@@ -59,6 +62,11 @@ def _semantic_errors(params: dict) -> list[str]:
             errors.append(f"{where}.sampler.K: K = 0 (normal approximation) needs diffusion.top_level: conditional")
         if o.get("name") == "dsm" and not conditional_top:
             errors.append(f"{where}.objective.name: dsm needs diffusion.top_level: conditional")
+        if "long_run" in run and not conditional_top:
+            errors.append(f"{where}.long_run: long-run chains start each level from the normal approximation, "
+                          "which needs diffusion.top_level: conditional")
+        if "long_run" in run and "fidelity" not in run.get("evaluate", {}):
+            errors.append(f"{where}.long_run: needs evaluate.fidelity (its extractor scores every chain length)")
         if s.get("step_size") == "released" and d.get("schedule") != "released" and not d.get("sigma0", 0) > 0:
             errors.append(f"{where}.sampler.step_size: 'released' needs a lightly noised level 0 "
                           "(diffusion.sigma0 > 0 or schedule: released)")
@@ -98,6 +106,13 @@ def _semantic_errors(params: dict) -> list[str]:
                 errors.append(f"tables.{name}.rows[{i}].run: {row['run']!r} is not defined under runs")
                 continue
             produced = metrics_of(runs[row["run"]].get("evaluate", {}))
+            if "select" in row:
+                steps = int(row["select"].split(".")[1])
+                if steps not in runs[row["run"]].get("long_run", {}).get("steps_per_level", []):
+                    errors.append(f"tables.{name}.rows[{i}].select: run {row['run']!r} has no long_run chains with "
+                                  f"{steps} steps per level (see its long_run.steps_per_level)")
+                    continue
+                produced = set(LONG_RUN_METRICS)
             missing = [c for c in table.get("columns", []) if c not in produced]
             if missing:
                 errors.append(f"tables.{name}.rows[{i}]: run {row['run']!r} does not measure {missing}; its "
@@ -112,6 +127,12 @@ def _semantic_errors(params: dict) -> list[str]:
             errors.append(f"figures.{name}.kind: {fig['kind']!r} figures are for image runs; use progressive for 2-D")
         if fig.get("kind") in ("progressive", "comparison") and not all(two_d):
             errors.append(f"figures.{name}.kind: {fig['kind']!r} figures are for 2-D runs; use samples for images")
+        if fig.get("kind") in ("hmc", "long_run") and any("long_run" not in runs.get(r, {"long_run": 1})
+                                                          for r in fig.get("runs", [])):
+            errors.append(f"figures.{name}.kind: {fig['kind']!r} figures show a run's long_run chains; "
+                          "every run listed needs a long_run section")
+        if fig.get("kind") in ("hmc", "long_run") and len(fig.get("runs", [])) != 1:
+            errors.append(f"figures.{name}.runs: a {fig['kind']!r} figure shows one run")
         if fig.get("kind") == "comparison" and len(fig.get("runs", [])) < 2:
             errors.append(f"figures.{name}.runs: a comparison figure needs at least two runs")
     return errors

@@ -6,6 +6,15 @@ Two parameterisations (``../shared/docs/reference-notes.md``):
 * ``net_over_s2`` (released code): f(y, t) = net(y, t) / s_t^2, where s_t is the
   Langevin step size of level t, so one Langevin step moves y by 0.5 grad net.
 
+Optional base energy (``energy.base``; not in the paper):
+
+* ``none`` (default): f as above.
+* ``gaussian``: f(y, t) - |y|^2 / (2 s_t^2), the log-density of y_t = s_t x_t (s_t = y_scale[t])
+  when x_t ~ N(0, I), added at every level.  For unit Gaussian data it is the exact energy of every
+  level, so an untrained net already keeps the variance of the T1k sampler's 1000
+  normal-approximation steps (each divides by a_{t+1} < 1); without it, a small, briefly trained
+  net lets x_t grow severalfold over the chain.  The net learns the difference from the Gaussian.
+
 Langevin step sizes per level (eq. 17 uses delta_t = b sigma_{t+1}):
 
 * ``paper``:    delta_t = b sigma[t+1]
@@ -41,10 +50,13 @@ class ConditionalEBM(nn.Module):
     """f_theta(y, t) for t = 0..T-1 plus the per-level constants the samplers need."""
 
     def __init__(self, net: nn.Module, sched: Schedule, step_rule: str = "paper", b: float = 0.1,
-                 parameterisation: str = "plain"):
+                 parameterisation: str = "plain", base: str = "none"):
         super().__init__()
         if parameterisation not in ("plain", "net_over_s2"):
             raise ValueError(f"unknown energy.parameterisation {parameterisation!r}; use 'plain' or 'net_over_s2'")
+        if base not in ("none", "gaussian"):
+            raise ValueError(f"unknown energy.base {base!r}; use 'none' or 'gaussian'")
+        self.base = base
         self.net = net
         self.sched = sched
         self.parameterisation = parameterisation
@@ -75,7 +87,10 @@ class ConditionalEBM(nn.Module):
         """f_theta(y, t), one value per example (``ctx``: the net's cached ``time_context(t)``), in y's dtype."""
         with self._autocast(y):
             net = self.net(y, t) if ctx is None else self.net(y, t, ctx)
-        return net.to(y.dtype) / self.per_level("f_scale", t, y).view(-1)
+        f = net.to(y.dtype) / self.per_level("f_scale", t, y).view(-1)
+        if self.base == "gaussian":
+            f = f - 0.5 * (y / self.per_level("y_scale", t, y)).flatten(1).pow(2).sum(1)
+        return f
 
     @torch.no_grad()
     def time_context(self, t: torch.Tensor):

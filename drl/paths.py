@@ -12,6 +12,9 @@ PATTERNS = {
     "train_log": "results/{group}/runs/{run}/train_log.csv",
     "train_config": "results/{group}/runs/{run}/config.json",
     "samples": "results/{group}/runs/{run}/samples.npy",
+    "sample_grid": "results/{group}/runs/{run}/samples.png",
+    "long_run": "results/{group}/runs/{run}/long_run.npz",
+    "hmc_steps": "results/{group}/runs/{run}/hmc_steps.csv",
     "metrics": "results/{group}/metrics/{run}.json",
     "figure": "results/{group}/figures/{figure}.png",
     "extractor": "results/extractors/{extractor}.pt",
@@ -30,6 +33,18 @@ def run_dir(group: str, run: str) -> Path:
 
 def samples_file(group: str, run: str) -> Path:
     return Path(PATTERNS["samples"].format(group=group, run=run))
+
+
+def sample_grid_file(group: str, run: str) -> Path:
+    return Path(PATTERNS["sample_grid"].format(group=group, run=run))
+
+
+def long_run_file(group: str, run: str) -> Path:
+    return Path(PATTERNS["long_run"].format(group=group, run=run))
+
+
+def hmc_steps_file(group: str, run: str) -> Path:
+    return Path(PATTERNS["hmc_steps"].format(group=group, run=run))
 
 
 def metrics_file(group: str, run: str) -> Path:

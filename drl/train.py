@@ -34,7 +34,7 @@ def build_model(model_cfg: dict) -> ConditionalEBM:
     sched = make_schedule(model_cfg["diffusion"])
     energy, sampler = model_cfg["energy"], model_cfg["sampler"]
     return ConditionalEBM(build_net(energy["net"]), sched, sampler["step_size"], sampler["b"],
-                          energy["parameterisation"])
+                          energy["parameterisation"], energy.get("base", "none"))
 
 
 def load_model(path, ema: bool = True) -> tuple[ConditionalEBM, dict]:

@@ -17,7 +17,8 @@ from drl.paths import PATTERNS, PREPARED_FILES, table_markdown
 CODE = {
     "prepare": ["drl/data", "drl/io.py"],
     "train": ["drl/train.py", "drl/diffusion.py", "drl/energy.py", "drl/mcmc.py", "drl/objectives.py", "drl/nets"],
-    "sample": ["drl/sample.py", "drl/mcmc.py"],
+    "sample": ["drl/sample.py", "drl/mcmc.py", "drl/report/figures.py"],
+    "long_run": ["drl/hmc.py", "drl/mcmc.py", "drl/evaluate/long_run.py", "drl/evaluate/partition.py"],
     "extractor": ["drl/evaluate"],
     "refstats": ["drl/evaluate"],
     "evaluate": ["drl/evaluate"],
@@ -38,16 +39,17 @@ class Stage:
     group: str | None = None  # the run/figure/table group whose target list includes this stage
     metrics: list[str] = field(default_factory=list)
     reports: list[str] = field(default_factory=list)  # small committed outputs: figures and tables
+    plots: dict[str, dict] = field(default_factory=dict)  # CSV outputs DVC plots: {path: {x: col, y: col}}
 
     @property
     def targets(self) -> list[str]:
-        return self.outs + self.metrics + self.reports
+        return self.outs + self.metrics + self.reports + list(self.plots)
 
 
 def _run_files(params: dict, run: str) -> dict:
     group = params["runs"][run]["group"]
     return {k: PATTERNS[k].format(group=group, run=run)
-            for k in ("model", "train_log", "train_config", "samples", "metrics")}
+            for k in ("model", "train_log", "train_config", "samples", "sample_grid", "long_run", "hmc_steps", "metrics")}
 
 
 def _prepared(dataset: str, split: str) -> str:
@@ -105,14 +107,20 @@ def _run_stages(params: dict, run: str) -> list[Stage]:
         eval_deps += [f["samples"], PATTERNS["refstats"].format(dataset=cfg["dataset"], split=split, extractor=ex)]
         eval_deps += extractor_inputs(params, ex)
         eval_params.append(f"extractors.{ex}")
-    return [
+    out = [
         Stage(f"train_{run}", "train", train_command(cfg, run), [_prepared(cfg["dataset"], "train")] + CODE["train"],
-              [f["model"], f["train_log"], f["train_config"]], [f"runs.{run}.{s}" for s in MODEL_SECTIONS], group),
-        Stage(f"sample_{run}", "sample", f"drl sample --run {run}", [f["model"]] + CODE["sample"], [f["samples"]],
-              [f"runs.{run}.sample"], group),
-        Stage(f"evaluate_{run}", "evaluate", f"drl evaluate --run {run}", eval_deps + CODE["evaluate"], [],
-              eval_params, group, metrics=[f["metrics"]]),
+              [f["model"], f["train_config"]], [f"runs.{run}.{s}" for s in MODEL_SECTIONS], group,
+              plots={f["train_log"]: {"x": "iteration", "y": "loss"}}),
+        Stage(f"sample_{run}", "sample", f"drl sample --run {run}", [f["model"]] + CODE["sample"],
+              [f["samples"], f["sample_grid"]], [f"runs.{run}.sample"], group),
     ]
+    if "long_run" in cfg:  # Section 4.2: adapted HMC step sizes, then chains of each length
+        out.append(Stage(f"long_run_{run}", "long_run", f"drl long-run --run {run}", [f["model"]] + CODE["long_run"],
+                         [f["long_run"]], [f"runs.{run}.long_run"], group,
+                         plots={f["hmc_steps"]: {"x": "t", "y": "step_size"}}))
+        eval_deps.append(f["long_run"])
+    return out + [Stage(f"evaluate_{run}", "evaluate", f"drl evaluate --run {run}", eval_deps + CODE["evaluate"], [],
+                        eval_params, group, metrics=[f["metrics"]])]
 
 
 def _report_stages(params: dict) -> list[Stage]:
@@ -121,11 +129,13 @@ def _report_stages(params: dict) -> list[Stage]:
         deps = []
         for run in fcfg["runs"]:
             f = _run_files(params, run)
-            deps += {"samples": [f["samples"]], "interpolation": [f["model"]]}.get(fcfg["kind"], [f["model"], f["samples"]])
+            deps += {"samples": [f["samples"]], "interpolation": [f["model"]], "hmc": [f["long_run"]],
+                     "long_run": [f["long_run"]]}.get(fcfg["kind"], [f["model"], f["samples"]])
         if fcfg["kind"] == "comparison":
             deps.append(_prepared(params["runs"][fcfg["runs"][0]]["dataset"], "test"))
-        read = "sample" if fcfg["kind"] == "interpolation" else "evaluate"
-        code = CODE["figure"] + (["drl/interpolate.py", "drl/mcmc.py"] if fcfg["kind"] == "interpolation" else [])
+        read = {"interpolation": "sample", "hmc": "long_run", "long_run": "long_run"}.get(fcfg["kind"], "evaluate")
+        code = CODE["figure"] + {"interpolation": ["drl/interpolate.py", "drl/mcmc.py"], "hmc": ["drl/evaluate/long_run.py"],
+                                 "long_run": ["drl/evaluate/long_run.py"]}.get(fcfg["kind"], [])
         out.append(Stage(f"figure_{fig}", "figure", f"drl figure --figure {fig}", deps + code, [],
                          [f"figures.{fig}"] + [f"runs.{r}.{read}" for r in fcfg["runs"]], fcfg["group"],
                          reports=[PATTERNS["figure"].format(group=fcfg["group"], figure=fig)]))
@@ -202,10 +212,18 @@ def dvc_files(params: dict) -> dict[str, str]:
             st["metrics"] = [{m: {"cache": False}} for m in s.metrics]
         if s.reports:
             st["outs"] = st.get("outs", []) + [{p: {"cache": False}} for p in s.reports]
+        if s.plots:
+            st["plots"] = [{p: {"cache": False, **axes}} for p, axes in s.plots.items()]
         docs[EXTERNAL_DVC_YAML if s.name in external else "dvc.yaml"][s.name] = st
     header = ("# Generated from params.yaml by `drl dvc-yaml` (drl/workflow.py); do not edit by hand.\n"
               "# The Snakemake rules read the same stage list, so both describe one DAG.\n")
     notes = {"dvc.yaml": "# Stages that need nothing from outside the repository (`dvc repro`).\n",
              EXTERNAL_DVC_YAML: f"# Stages that need raw datasets or weights (`dvc repro {EXTERNAL_DVC_YAML}`).\n"}
-    return {path: header + notes[path] + yaml.safe_dump({"stages": doc}, sort_keys=False, width=120)
+    # `dvc plots show` / `dvc plots diff` render the figures (images) beside the stages' CSV plots
+    # (top-level plots have no wdir: the external file's paths are relative to its folder)
+    prefix = {"dvc.yaml": "", EXTERNAL_DVC_YAML: wdir + "/"}
+    figures = {path: [prefix[path] + t for s in stages(params) if s.kind == "figure" and s.name in doc for t in s.reports]
+               for path, doc in docs.items()}
+    return {path: header + notes[path] + yaml.safe_dump({"stages": doc, **({"plots": figures[path]} if figures[path] else {})},
+                                                        sort_keys=False, width=120)
             for path, doc in docs.items()}

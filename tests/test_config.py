@@ -160,6 +160,15 @@ SEMANTIC_CASES = {
     "group_named_like_a_rule": (
         lambda p: p["runs"][RINGS].update(group="train"),
         f"runs.{RINGS}.group", "rule"),
+    "long_run_with_a_marginal_top": (
+        lambda p: p["runs"]["digits_t6_k30"].update(long_run=dict(p["runs"]["digits_t1k"]["long_run"])),
+        "runs.digits_t6_k30.long_run", "conditional"),
+    "table_selects_an_unrun_chain_length": (
+        lambda p: p["tables"]["demo_table2"]["rows"][2].update(select="long_run.7"),
+        "tables.demo_table2.rows[2].select", "7 steps per level"),
+    "hmc_figure_of_a_run_without_long_run": (
+        lambda p: p["figures"]["fig6_hmc_digits"].update(runs=[EIGHT]),
+        "figures.fig6_hmc_digits.kind", "long_run"),
     "comparison_with_one_run": (
         lambda p: p["figures"]["fig2_checkerboard"]["runs"].pop(),
         "figures.fig2_checkerboard.runs", "two"),
@@ -211,6 +220,15 @@ def test_K0_and_dsm_ok_with_conditional_top(params):
     params["runs"][DRL]["sampler"]["K"] = 0
     params["runs"][DRL]["objective"]["name"] = "dsm"
     assert validate(params) is params
+
+
+def test_long_run_needs_a_fidelity_extractor(params):
+    params["runs"]["cifar10_t1k_k0_dsm"]["long_run"] = dict(params["runs"]["cifar10_t1k_k0"]["long_run"])
+    params["runs"]["cifar10_t1k_k0_dsm"]["evaluate"] = {"partition": {"n_samples": 10, "K": 0, "seed": 0}}
+    with pytest.raises(ParamsError) as exc:
+        validate(params)
+    assert ("runs.cifar10_t1k_k0_dsm.long_run: needs evaluate.fidelity (its extractor scores every chain length)"
+            in problems(exc)[1])
 
 
 def test_load_params_missing_file(tmp_path):

@@ -58,7 +58,8 @@ def dvc_jobs(root: Path):
         if not (root / name).exists():
             continue
         for st in yaml.safe_load((root / name).read_text())["stages"].values():
-            outs = [o if isinstance(o, str) else next(iter(o)) for o in st.get("outs", []) + st.get("metrics", [])]
+            outs = [o if isinstance(o, str) else next(iter(o))
+                    for o in st.get("outs", []) + st.get("metrics", []) + st.get("plots", [])]
             deps = [d for d in st["deps"] if not d.startswith("drl/")]
             jobs.append((st["cmd"], frozenset(deps), frozenset(outs)))
     return sorted(jobs, key=lambda j: j[0])
@@ -150,10 +151,30 @@ runs:
     evaluate:
       fidelity: {extractor: digits_classifier, is_splits: 2}
       partition: {n_samples: 32, K: 2, batch_size: 16, seed: 2}
+  digits_t10:
+    group: demo
+    dataset: digits
+    diffusion: {schedule: linear_sigma2, T: 10, sigma2_min: 0.001, sigma2_max: 0.05, top_level: conditional}
+    energy:
+      parameterisation: net_over_s2
+      base: gaussian
+      net: {kind: mlp, dim: 64, in_shape: [1, 8, 8], width: 16, depth: 1, temb_dim: 8, activation: silu,
+            spectral_norm: false, zero_head: true}
+    sampler: {K: 0, step_size: paper, b: 1.0, noise_scale: 1.0}
+    objective: {name: recovery_likelihood, loss_weights: released}
+    train: {iterations: 6, batch_size: 16, lr: 0.001, beta1: 0.9, beta2: 0.999, eps: 1.0e-7, warmup: 2,
+            ema: 0.9, seed: 0, checkpoint_every: 3, log_every: 2, max_abs_energy: 1.0e+6}
+    sample: {n: 20, K: 0, noise_scale: 1.0, seed: 1}
+    long_run: {n: 12, batch_size: 8, steps_per_level: [1, 3], seed: 3, adapt: {n_chains: 8, n_steps: 2}}
+    evaluate:
+      fidelity: {extractor: digits_classifier, is_splits: 2}
   toy_checkerboard_drl:
     <<: *tiny
     group: demo
     dataset: checkerboard
+    evaluate:
+      quadrature: {extent: 4.0, grid: 64}
+      partition: {transitions: ais_hmc, n_samples: 64, hmc_steps: 1, batch_size: 32, seed: 2}
   toy_checkerboard_shortrun:
     <<: *tiny
     group: demo
@@ -166,6 +187,8 @@ figures:
   fig3_checkerboard: {kind: progressive, group: demo, runs: [toy_checkerboard_drl]}
   fig_digits: {kind: samples, group: demo, n: 16, runs: [digits_t6]}
   fig_interp: {kind: interpolation, group: demo, rows: 2, points: 4, seed: 0, runs: [digits_t6]}
+  fig_hmc: {kind: hmc, group: demo, runs: [digits_t10]}
+  fig_long_run: {kind: long_run, group: demo, n: 9, runs: [digits_t10]}
 tables:
   table_digits:
     output: results/demo/table_digits.csv
@@ -175,6 +198,14 @@ tables:
     rows:
       - {label: quoted, paper: {fid: 9.6, is_mean: 8.58, test_bpd: 3.18}}
       - {label: digits T6, run: digits_t6}
+  table_long_run:
+    output: results/demo/table_long_run.csv
+    group: demo
+    title: long run
+    columns: [fid, is_mean]
+    rows:
+      - {label: "1 step per level", run: digits_t10, select: long_run.1}
+      - {label: "3 steps per level", run: digits_t10, select: long_run.3}
 """
 
 
@@ -195,8 +226,10 @@ def project(tmp_path_factory):
 DEMO_OUTPUTS = ["results/demo/metrics/toy_checkerboard_drl.json", "results/demo/metrics/toy_checkerboard_shortrun.json",
                 "results/demo/figures/fig2_checkerboard.png", "results/demo/figures/fig3_checkerboard.png",
                 "results/demo/metrics/digits_t6.json", "results/demo/figures/fig_digits.png",
-                "results/demo/figures/fig_interp.png",
-                "results/demo/table_digits.csv", "results/demo/table_digits.md"]
+                "results/demo/figures/fig_interp.png", "results/demo/metrics/digits_t10.json",
+                "results/demo/runs/digits_t10/samples.png", "results/demo/runs/digits_t10/hmc_steps.csv",
+                "results/demo/figures/fig_hmc.png", "results/demo/figures/fig_long_run.png",
+                "results/demo/table_digits.csv", "results/demo/table_digits.md", "results/demo/table_long_run.csv"]
 
 
 @pytest.mark.e2e
@@ -215,6 +248,19 @@ def test_snakemake_runs_the_tiny_pipeline_and_reruns_on_param_change(project):
     assert table[0] == "section,label,source,run,extractor,fid,fid_paper,is_mean,is_mean_paper,test_bpd,test_bpd_paper"
     assert table[2].startswith(",digits T6,measured,digits_t6,digits_classifier,")
     assert (project / "results/demo/runs/toy_checkerboard_drl/config.json").exists()
+    assert m["log_z_ais_method"] == "ais_hmc" and np.isfinite(m["log_z_ais"] - m["log_z_quadrature"])
+    # Section 4.2: adapted step sizes, chains of 1 and 3 steps per level, each scored, and a table row per length
+    lr = json.loads((project / "results/demo/metrics/digits_t10.json").read_text())["long_run"]
+    assert set(lr) == {"1", "3"} and all(v["fid"] > 0 and v["n_samples"] == 12 for v in lr.values())
+    assert lr["1"]["acceptance_mean"] is None and 0 < lr["3"]["acceptance_mean"] <= 1
+    steps = (project / "results/demo/runs/digits_t10/hmc_steps.csv").read_text().splitlines()
+    assert steps[0] == "t,step_size,adapt_acceptance,acceptance_1,acceptance_3" and len(steps) == 11
+    rows = (project / "results/demo/table_long_run.csv").read_text().splitlines()
+    assert rows[2].split(",")[5] == repr(lr["3"]["fid"])
+    # one command yields the HTML report with the tables, figures, sample grids and metrics
+    run(["snakemake", "--report", "report.html", "demo"], project)
+    html = (project / "report.html").read_text()
+    assert "fig_hmc.png" in html and "table_long_run.csv" in html
     assert "Nothing to be done" in run(["snakemake", "--cores", "2", "demo"], project).out
     # a changed evaluate setting reruns only that run's evaluation and the figures that read it
     original = _change_drl_evaluate_grid(project)
@@ -230,9 +276,8 @@ def test_snakemake_runs_the_tiny_pipeline_and_reruns_on_param_change(project):
 def _change_drl_evaluate_grid(project):
     """Give the DRL run its own evaluate section with a new grid; returns the original text."""
     original = (project / "params.yaml").read_text()
-    text = original.replace("    dataset: checkerboard\n  toy_checkerboard_shortrun:",
-                            "    dataset: checkerboard\n    evaluate: {quadrature: {extent: 4.0, grid: 96}}\n"
-                            "  toy_checkerboard_shortrun:")
+    text = original.replace("      quadrature: {extent: 4.0, grid: 64}\n      partition:",
+                            "      quadrature: {extent: 4.0, grid: 96}\n      partition:")
     new, old = yaml.safe_load(text)["runs"], yaml.safe_load(original)["runs"]
     assert new["toy_checkerboard_drl"]["evaluate"]["quadrature"]["grid"] == 96
     assert new["toy_checkerboard_shortrun"] == old["toy_checkerboard_shortrun"]
@@ -258,6 +303,10 @@ def test_dvc_repro_reruns_only_changed_stages_and_diffs_metrics(project):
     diff = run("dvc metrics diff --json", project).stdout
     changed_metrics = json.loads(diff)["results/demo/metrics/toy_checkerboard_drl.json"]
     assert "kl_nats" in changed_metrics
+    # DVC plots: the training curves, the HMC step sizes and every figure
+    plots = json.loads(run("dvc plots show --json", project).stdout)["data"]
+    assert {"results/demo/runs/digits_t10/hmc_steps.csv", "results/demo/runs/digits_t6/train_log.csv",
+            "results/demo/figures/fig_hmc.png"} <= set(plots), sorted(plots)
 
 
 def test_runs_on_several_gpus_train_under_torchrun():

@@ -32,7 +32,7 @@ from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from
 
 from drl.evaluate.classifier import CLASSIFIER_EXTRACTOR, ClassifierExtractor
 from drl.evaluate.errors import EvaluationError
-from drl.io import atomic_path
+from drl.io import np_savez
 
 INCEPTION_WEIGHTS_URL = URL_INCEPTION_V3
 INCEPTION_WEIGHTS_FILE = URL_INCEPTION_V3.rsplit("/", 1)[1]  # weights-inception-2015-12-05-6726825d.pth
@@ -155,8 +155,7 @@ def reference_statistics(images: np.ndarray, extractor_cfg: dict, batch_size: in
 
 def save_reference_statistics(path, stats: dict) -> None:
     """Atomic .npz with mu, sigma, n and the extractor description (as JSON)."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, mu=stats["mu"], sigma=stats["sigma"], n=stats["n"], extractor=json.dumps(stats["extractor"]))
+    np_savez(path, {"mu": stats["mu"], "sigma": stats["sigma"], "n": stats["n"], "extractor": json.dumps(stats["extractor"])})
 
 
 def load_reference_statistics(path) -> dict:

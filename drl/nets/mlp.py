@@ -1,6 +1,8 @@
-"""MLP energy for 2-D data: residual blocks with the time embedding added after the first layer
-of each block (the 2-D analogue of the paper's ResBlock, Table 4e)."""
+"""MLP energy for 2-D data (and small images, flattened): residual blocks with the time embedding
+added after the first layer of each block (the 2-D analogue of the paper's ResBlock, Table 4e)."""
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -28,11 +30,17 @@ class MLPBlock(nn.Module):
 
 
 class MLPEnergy(nn.Module):
-    """net(y, t): input layer, ``depth`` residual blocks, activation, linear head."""
+    """net(y, t): input layer, ``depth`` residual blocks, activation, linear head.  ``in_shape``: one
+    example's shape when it is not a vector (e.g. [1, 8, 8] digits); y is flattened to ``dim``.
+    ``zero_head``: the head starts at zero, so net = 0 at initialisation (as the WRN's released-code
+    head), leaving f at its base energy (``energy.base``)."""
 
     def __init__(self, dim: int = 2, width: int = 256, depth: int = 3, temb_dim: int = 64,
-                 activation: str = "silu", spectral_norm: bool = False):
+                 activation: str = "silu", spectral_norm: bool = False, in_shape: list[int] | None = None,
+                 zero_head: bool = False):
         super().__init__()
+        if in_shape is not None and math.prod(in_shape) != dim:
+            raise ValueError(f"energy.net.in_shape {in_shape} has {math.prod(in_shape)} values; dim is {dim}")
         acts = {"silu": nn.SiLU(), "lrelu": nn.LeakyReLU(0.2), "softplus": nn.Softplus()}
         if activation not in acts:
             raise ValueError(f"unknown energy.net.activation {activation!r}; use one of {sorted(acts)}")
@@ -43,6 +51,9 @@ class MLPEnergy(nn.Module):
         self.blocks = nn.ModuleList(MLPBlock(width, width, spectral_norm, act) for _ in range(depth))
         self.act = act
         self.head = nn.Linear(width, 1)
+        if zero_head:
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
 
     def time_context(self, t: torch.Tensor) -> list[torch.Tensor]:
         """Everything that depends on t alone (each block's projected time embedding), so an MCMC
@@ -52,7 +63,7 @@ class MLPEnergy(nn.Module):
 
     def forward(self, y: torch.Tensor, t: torch.Tensor, ctx: list[torch.Tensor] | None = None) -> torch.Tensor:
         ctx = self.time_context(t) if ctx is None else ctx
-        h = self.inp(y)
+        h = self.inp(y.flatten(1))
         for block, temb_proj in zip(self.blocks, ctx):
             h = block(h, temb_proj)
         return self.head(self.act(h)).squeeze(-1)

@@ -94,3 +94,29 @@ def interpolation_figure(rows: list[np.ndarray]):
               interpolation="nearest")
     ax.set_axis_off()
     return fig
+
+
+# Figure 6: left, the adapted HMC step size per time step; centre, the acceptance rate (of the
+# adaptation's final round, and of each long-run chain length); right, the log Z_0 estimate versus
+# the number of samples for each chain length (x axis in log scale, as in the paper).
+def hmc_figure(step_size: np.ndarray, adapt_acceptance: np.ndarray, runs: dict[int, tuple[np.ndarray, list]],
+               band: tuple[float, float] = (0.6, 0.9)):
+    """``runs``: {steps per level: (mean acceptance per level [T], [[m, log Z_0 estimate], ...])}."""
+    T = len(step_size)
+    t = np.arange(T)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    axes[0].plot(t, step_size)
+    axes[0].set(xlabel="time step t", ylabel="HMC step size", yscale="log", title="adapted step size")
+    axes[1].axhspan(*band, color="0.9")
+    axes[1].plot(t, adapt_acceptance, label="adaptation")
+    for k, (acc, curve) in runs.items():
+        if not np.isnan(acc).all():
+            axes[1].plot(t, acc, label=f"{k} steps/level", alpha=0.7)
+        m, log_z = np.asarray(curve).T
+        axes[2].plot(m, log_z, label=f"{k} steps/level ({k * T} steps)")
+    axes[1].set(xlabel="time step t", ylabel="acceptance rate", ylim=(0, 1), title="acceptance rate")
+    axes[1].legend(fontsize=7)
+    axes[2].set(xlabel="number of samples", ylabel="log Z_0 estimate", xscale="log", title="estimated log Z_0")
+    axes[2].legend(fontsize=7)
+    fig.tight_layout()
+    return fig

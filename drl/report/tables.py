@@ -12,10 +12,13 @@ MEASURED, QUOTED = "measured", "quoted from the paper"
 
 def table_rows(table: dict, metrics_of_run) -> list[dict]:
     """One dict per row of ``table`` (a ``tables`` entry); ``metrics_of_run(run)`` returns that run's
-    metrics dict.  Columns: section, label, source, run, extractor, then <metric> and <metric>_paper."""
+    metrics dict (``select: long_run.<k>`` reads its chains of k steps per level instead).  Columns:
+    section, label, source, run, extractor, then <metric> and <metric>_paper."""
     rows = []
     for row in table["rows"]:
         m = metrics_of_run(row["run"]) if "run" in row else {}
+        if "select" in row:
+            m = m["long_run"][row["select"].split(".")[1]]
         out = {"section": row.get("section", ""), "label": row["label"],
                "source": MEASURED if "run" in row else QUOTED, "run": row.get("run", ""),
                "extractor": m.get("extractor", "")}

@@ -24,7 +24,8 @@ rule sample:
     input:
         inputs_of("samples"),
     output:
-        PATTERNS["samples"],
+        samples=PATTERNS["samples"],
+        grid=report(PATTERNS["sample_grid"], category="Samples"),
     params:
         cmd=cmd_of("samples"),
         values=params_of("samples"),
