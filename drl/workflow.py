@@ -39,7 +39,8 @@ class Stage:
     group: str | None = None  # the run/figure/table group whose target list includes this stage
     metrics: list[str] = field(default_factory=list)
     reports: list[str] = field(default_factory=list)  # small committed outputs: figures and tables
-    plots: dict[str, dict] = field(default_factory=dict)  # CSV outputs DVC plots: {path: {x: col, y: col}}
+    # CSV outputs DVC plots: {path: {x: col, y: col, cache: bool}}; cache: false ones are committed to git
+    plots: dict[str, dict] = field(default_factory=dict)
 
     @property
     def targets(self) -> list[str]:
@@ -110,14 +111,14 @@ def _run_stages(params: dict, run: str) -> list[Stage]:
     out = [
         Stage(f"train_{run}", "train", train_command(cfg, run), [_prepared(cfg["dataset"], "train")] + CODE["train"],
               [f["model"], f["train_config"]], [f"runs.{run}.{s}" for s in MODEL_SECTIONS], group,
-              plots={f["train_log"]: {"x": "iteration", "y": "loss"}}),
+              plots={f["train_log"]: {"x": "iteration", "y": "loss", "cache": True}}),  # (has wall times)
         Stage(f"sample_{run}", "sample", f"drl sample --run {run}", [f["model"]] + CODE["sample"],
               [f["samples"], f["sample_grid"]], [f"runs.{run}.sample"], group),
     ]
     if "long_run" in cfg:  # Section 4.2: adapted HMC step sizes, then chains of each length
         out.append(Stage(f"long_run_{run}", "long_run", f"drl long-run --run {run}", [f["model"]] + CODE["long_run"],
                          [f["long_run"]], [f"runs.{run}.long_run"], group,
-                         plots={f["hmc_steps"]: {"x": "t", "y": "step_size"}}))
+                         plots={f["hmc_steps"]: {"x": "t", "y": "step_size", "cache": False}}))
         eval_deps.append(f["long_run"])
     return out + [Stage(f"evaluate_{run}", "evaluate", f"drl evaluate --run {run}", eval_deps + CODE["evaluate"], [],
                         eval_params, group, metrics=[f["metrics"]])]
@@ -213,7 +214,7 @@ def dvc_files(params: dict) -> dict[str, str]:
         if s.reports:
             st["outs"] = st.get("outs", []) + [{p: {"cache": False}} for p in s.reports]
         if s.plots:
-            st["plots"] = [{p: {"cache": False, **axes}} for p, axes in s.plots.items()]
+            st["plots"] = [{p: props} for p, props in s.plots.items()]
         docs[EXTERNAL_DVC_YAML if s.name in external else "dvc.yaml"][s.name] = st
     header = ("# Generated from params.yaml by `drl dvc-yaml` (drl/workflow.py); do not edit by hand.\n"
               "# The Snakemake rules read the same stage list, so both describe one DAG.\n")

@@ -62,3 +62,9 @@ def params_of(path_key):
 def run_resource(name, default):
     """A run's `resources.<name>` from params.yaml (GPUs, memory, minutes), for train/sample/evaluate."""
     return lambda wc: config["runs"][wc.run].get("resources", {}).get(name, default)
+
+
+def run_priority(wc):
+    """Longest jobs first: a run's `resources.runtime` (minutes) as the job's priority, so that on a
+    few cores the long trainings start at once and the short ones fill in around them."""
+    return config["runs"][wc.run].get("resources", {}).get("runtime", 0)

@@ -46,6 +46,7 @@ rule long_run:
         values=params_of("long_run"),
     log:
         "logs/long_run/{group}/{run}.log",
+    priority: run_priority
     threads: 1
     resources:
         gpu=run_resource("gpu", 0),

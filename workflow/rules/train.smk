@@ -11,6 +11,7 @@ rule train:
     log:
         "logs/train/{group}/{run}.log",
     # The demo's small networks gain little from a second thread, so runs go side by side.
+    priority: run_priority
     threads: 1
     resources:
         gpu=run_resource("gpu", 0),
