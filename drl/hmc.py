@@ -141,7 +141,6 @@ def adapt_step_sizes(ebm: ConditionalEBM, n_chains: int, shape: tuple, n_steps: 
                      jitter: float = 0.0, generator=None, device="cpu", progress: bool = True) -> dict:
     """Return {"step_size": eps_t, "acceptance": mean acceptance of the final round, "rounds"},
     each a tensor [T] indexed by level t (float64, float64, int64)."""
-    lo, hi = target
     sigma = ebm.levels["sigma_next"]
     eps = float(0.25 * sigma[-1] if init_step_size is None else init_step_size)
     out = {"step_size": torch.zeros(ebm.T, dtype=torch.float64),
@@ -152,23 +151,40 @@ def adapt_step_sizes(ebm: ConditionalEBM, n_chains: int, shape: tuple, n_steps: 
         if t < ebm.T - 1:
             eps *= float(sigma[t] / sigma[t + 1])
         tt = torch.full((n_chains,), t, dtype=torch.long, device=device)
-        y = normal_approximation(ebm, x, tt, generator=generator)
-        mult, direction = factor, 0
-        for r in range(1, max_rounds + 1):
-            y, probs = hmc(ebm, y, x, tt, eps, n_steps, n_leapfrog, generator, jitter)
-            rate = float(probs.mean())
-            if lo <= rate <= hi or r == max_rounds:
-                break
-            new_direction = 1 if rate > hi else -1
-            if direction and new_direction != direction:
-                mult = math.sqrt(mult)
-            eps, direction = eps * mult**new_direction, new_direction
-        if not lo <= rate <= hi:
-            warnings.warn(f"HMC step size of level {t}: acceptance {rate:.3f} outside [{lo}, {hi}] "
-                          f"after {max_rounds} rounds (step size {eps:.3g})")
+        chains = {"y": normal_approximation(ebm, x, tt, generator=generator)}
+
+        def one_round(eps, chains=chains, tt=tt, x=x):
+            chains["y"], probs = hmc(ebm, chains["y"], x, tt, eps, n_steps, n_leapfrog, generator, jitter)
+            return float(probs.mean())
+
+        eps, rate, r = search_step_size(one_round, eps, target, factor, max_rounds, f"HMC step size of level {t}")
         out["step_size"][t], out["acceptance"][t], out["rounds"][t] = eps, rate, r
-        x = y / float(ebm.levels["y_scale"][t])
+        x = chains["y"] / float(ebm.levels["y_scale"][t])
     return out
+
+
+# The per-level search of Section 4.2's adaptation: rounds of HMC steps, eps multiplied by ``factor``
+# after a round above the band and divided after one below, the factor square-rooted at each reversal
+# of direction (bisection in log eps); it stops at the first round inside the band, or warns after
+# ``max_rounds``.
+def search_step_size(one_round: Callable[[float], float], eps: float, target: tuple[float, float],
+                     factor: float, max_rounds: int, what: str) -> tuple[float, float, int]:
+    """``one_round(eps)`` runs one round (continuing its chains) and returns its mean acceptance.
+    Returns (eps, the last round's acceptance, rounds used)."""
+    lo, hi = target
+    mult, direction = factor, 0
+    for r in range(1, max_rounds + 1):
+        rate = one_round(eps)
+        if lo <= rate <= hi:
+            return eps, rate, r
+        if r == max_rounds:
+            break
+        new_direction = 1 if rate > hi else -1
+        if direction and new_direction != direction:
+            mult = math.sqrt(mult)
+        eps, direction = eps * mult**new_direction, new_direction
+    warnings.warn(f"{what}: acceptance {rate:.3f} outside [{lo}, {hi}] after {max_rounds} rounds (step size {eps:.3g})")
+    return eps, rate, max_rounds
 
 
 # Section 4.2's long-run chains (Fig. 7): Algorithm 2 where each time step t takes
@@ -294,7 +310,6 @@ def adapt_marginal_step_sizes(ebm: ConditionalEBM, n_chains: int, shape: tuple, 
                               progress: bool = False) -> dict:
     """Return {"step_size", "acceptance" (mean of the final round), "rounds"}, tensors [T] by level t."""
     _check_ais_args(ebm, n_steps, jitter)
-    lo, hi = target
     sigma, s = ebm.levels["sigma_next"], ebm.levels["y_scale"]
     eps = float(0.25 * s[-1] * sigma[-1] if init_step_size is None else init_step_size)
     out = {"step_size": torch.zeros(ebm.T, dtype=torch.float64),
@@ -304,18 +319,13 @@ def adapt_marginal_step_sizes(ebm: ConditionalEBM, n_chains: int, shape: tuple, 
     for t in _levels(ebm, "adapt AIS-HMC", progress):
         if t < ebm.T - 1:
             eps *= float(sigma[t] / sigma[t + 1])
-        mult, direction = factor, 0
-        for r in range(1, max_rounds + 1):
-            x, probs = _marginal_transitions(ebm, x, t, eps, n_steps, n_leapfrog, generator, jitter)
-            rate = float(probs.mean())
-            if lo <= rate <= hi or r == max_rounds:
-                break
-            new_direction = 1 if rate > hi else -1
-            if direction and new_direction != direction:
-                mult = math.sqrt(mult)
-            eps, direction = eps * mult**new_direction, new_direction
-        if not lo <= rate <= hi:
-            warnings.warn(f"AIS-HMC step size of level {t}: acceptance {rate:.3f} outside [{lo}, {hi}] "
-                          f"after {max_rounds} rounds (step size {eps:.3g})")
+        chains = {"x": x}
+
+        def one_round(eps, chains=chains, t=t):
+            chains["x"], probs = _marginal_transitions(ebm, chains["x"], t, eps, n_steps, n_leapfrog, generator, jitter)
+            return float(probs.mean())
+
+        eps, rate, r = search_step_size(one_round, eps, target, factor, max_rounds, f"AIS-HMC step size of level {t}")
         out["step_size"][t], out["acceptance"][t], out["rounds"][t] = eps, rate, r
+        x = chains["x"]
     return out
