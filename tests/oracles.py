@@ -6,7 +6,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from drl.diffusion import Schedule
+from drl.diffusion import Schedule, linear_sigma2_schedule
+from drl.energy import ConditionalEBM
+from drl.nets.mlp import MLPEnergy
+from drl.nets.wrn import WRNEnergy
 
 
 class GaussianMixtureData:
@@ -173,3 +176,20 @@ def gaussian_hmc_acceptance(h: float, dim: int, n_leapfrog: int = 2, n: int = 40
         q = q + h * p
         p = p - (h if i < n_leapfrog - 1 else 0.5 * h) * q
     return float(np.minimum(1.0, np.exp(h0 - 0.5 * (q**2 + p**2).sum(1))).mean())
+
+
+# ---------------------------------------------------------------- tiny random networks
+# For checks that hold for any f (batching, seeding, noise plumbing), not against a closed form.
+def tiny_mlp_ebm() -> ConditionalEBM:
+    torch.manual_seed(0)
+    sched = linear_sigma2_schedule(3, 0.05, 0.3)
+    return ConditionalEBM(MLPEnergy(dim=2, width=32, depth=2, temb_dim=8), sched, "paper", 0.3, "plain").eval()
+
+
+def tiny_wrn_ebm() -> ConditionalEBM:
+    torch.manual_seed(0)
+    net = WRNEnergy(resolution=8, in_channels=3, ch=8, ch_mult=(1, 2), n_blocks=1, temb_dim=16)
+    with torch.no_grad():  # give the zero-initialised convs non-trivial values
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return ConditionalEBM(net, linear_sigma2_schedule(3, 0.05, 0.3), "paper", 0.3, "net_over_s2").eval()

@@ -9,10 +9,8 @@ from drl.diffusion import linear_sigma2_schedule
 from drl.energy import ConditionalEBM
 from drl.interpolate import Noise, draw_noise, interpolate, interpolate_seeds, sample_with_noise, slerp
 from drl.mcmc import langevin, normal_approximation
-from drl.nets.mlp import MLPEnergy
-from drl.nets.wrn import WRNEnergy
 from drl.sample import progressive_sample
-from oracles import GaussianMixtureData, OracleNet
+from oracles import GaussianMixtureData, OracleNet, tiny_mlp_ebm, tiny_wrn_ebm
 
 
 def _angle(a, b):
@@ -22,21 +20,6 @@ def _angle(a, b):
 def _oracle_ebm(data, T=3, top_level="conditional"):
     sched = linear_sigma2_schedule(T, 0.05, 0.3, top_level=top_level)
     return ConditionalEBM(OracleNet(data, sched), sched, "paper", 0.3, "plain").eval()
-
-
-def _mlp_ebm():
-    torch.manual_seed(0)
-    sched = linear_sigma2_schedule(3, 0.05, 0.3)
-    return ConditionalEBM(MLPEnergy(dim=2, width=32, depth=2, temb_dim=8), sched, "paper", 0.3, "plain").eval()
-
-
-def _wrn_ebm():
-    torch.manual_seed(0)
-    net = WRNEnergy(resolution=8, in_channels=3, ch=8, ch_mult=(1, 2), n_blocks=1, temb_dim=16)
-    with torch.no_grad():  # give the zero-initialised convs non-trivial values
-        for p in net.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return ConditionalEBM(net, linear_sigma2_schedule(3, 0.05, 0.3), "paper", 0.3, "net_over_s2").eval()
 
 
 MIXTURE = GaussianMixtureData([[1.0, 0.0], [-1.0, 0.5], [0.0, -1.0]], [0.2, 0.3, 0.25])
@@ -118,8 +101,8 @@ def test_langevin_and_normal_approximation_use_supplied_noise():
 @pytest.mark.parametrize("make_ebm,shape,K", [
     (lambda: _oracle_ebm(MIXTURE), (2,), 5),
     (lambda: _oracle_ebm(MIXTURE), (2,), 0),
-    (_mlp_ebm, (2,), 5),
-    (_wrn_ebm, (3, 8, 8), 2),
+    (tiny_mlp_ebm, (2,), 5),
+    (tiny_wrn_ebm, (3, 8, 8), 2),
 ])
 def test_interpolation_ends_at_the_two_samples_and_is_deterministic(make_ebm, shape, K):
     ebm = make_ebm()

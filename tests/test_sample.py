@@ -10,10 +10,8 @@ from drl.cli import main
 from drl.diffusion import linear_sigma2_schedule
 from drl.energy import ConditionalEBM
 from drl.interpolate import draw_noise, sample_with_noise
-from drl.nets.mlp import MLPEnergy
-from drl.nets.wrn import WRNEnergy
 from drl.sample import progressive_sample, sample_generators
-from oracles import GaussianMixtureData, OracleNet
+from oracles import GaussianMixtureData, OracleNet, tiny_mlp_ebm, tiny_wrn_ebm
 
 MIXTURE = GaussianMixtureData([[1.0, 0.0], [-1.0, 0.5], [0.0, -1.0]], [0.2, 0.3, 0.25])
 N, SEED = 10, 7
@@ -24,24 +22,9 @@ def _oracle_ebm():
     return ConditionalEBM(OracleNet(MIXTURE, sched), sched, "paper", 0.3, "plain").eval()
 
 
-def _mlp_ebm():
-    torch.manual_seed(0)
-    return ConditionalEBM(MLPEnergy(dim=2, width=32, depth=2, temb_dim=8), linear_sigma2_schedule(3, 0.05, 0.3),
-                          "paper", 0.3, "plain").eval()
-
-
-def _wrn_ebm():
-    torch.manual_seed(0)
-    net = WRNEnergy(resolution=8, in_channels=3, ch=8, ch_mult=(1, 2), n_blocks=1, temb_dim=16)
-    with torch.no_grad():  # give the zero-initialised convs non-trivial values
-        for p in net.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return ConditionalEBM(net, linear_sigma2_schedule(3, 0.05, 0.3), "paper", 0.3, "net_over_s2").eval()
-
-
 # The draws are bitwise the same in any batch; the oracle's closed-form score too (atol 0), but CPU
 # matmuls and convolutions round differently with the batch size (~1 ulp per level seen for the MLP)
-MODELS = [(_oracle_ebm, (2,), 0.0), (_mlp_ebm, (2,), 1e-5), (_wrn_ebm, (3, 8, 8), 1e-5)]
+MODELS = [(_oracle_ebm, (2,), 0.0), (tiny_mlp_ebm, (2,), 1e-5), (tiny_wrn_ebm, (3, 8, 8), 1e-5)]
 
 
 def _in_batches(ebm, shape, K, batch, keep_levels=True):
@@ -84,7 +67,7 @@ def test_sample_i_is_a_single_sample_draw_from_its_own_generator(make_ebm, shape
 
 @pytest.mark.parametrize("K", [0, 3])
 def test_different_indices_and_seeds_give_different_samples(K):
-    ebm = _mlp_ebm()
+    ebm = tiny_mlp_ebm()
     levels = _in_batches(ebm, (2,), K, N)
     for x in levels:  # x_T and every level: no two samples alike
         assert len(torch.unique(x, dim=0)) == N
@@ -94,7 +77,7 @@ def test_different_indices_and_seeds_give_different_samples(K):
 
 def test_per_sample_generators_must_match_the_batch():
     with pytest.raises(ValueError, match="3 per-sample generators for 4 samples"):
-        progressive_sample(_mlp_ebm(), 4, (2,), 3, generator=sample_generators(0, range(3)))
+        progressive_sample(tiny_mlp_ebm(), 4, (2,), 3, generator=sample_generators(0, range(3)))
 
 
 # ------------------------------------------------------------------------------------ drl sample
