@@ -2,6 +2,7 @@
 killed job never leaves a half-written file under its final name."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -9,9 +10,15 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+# Errors that can only come from writing.  The body of ``atomic_path`` may also read (prepare streams
+# raw images into the temp file), so other OSErrors, e.g. PIL's for an undecodable image, pass as they are.
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike):
-    """Yield a temp path beside ``path``; on success rename it onto ``path``, else remove it."""
+    """Yield a temp path beside ``path``; on success rename it onto ``path``, else remove it.  A full
+    disk (or quota, or read-only file system) is reported naming ``path``, which is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -20,6 +27,14 @@ def atomic_path(path: str | os.PathLike):
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file a normal file's mode
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.errno not in WRITE_ERRNOS:
+            raise
+        # a write error names no file, or only the temp file: say which output failed, and that its
+        # previous version (e.g. the last good checkpoint) is intact
+        raise OSError(exc.errno, f"could not write {path}: {exc.strerror}; "
+                                 f"{'its previous version is intact' if path.exists() else 'nothing was written'}"
+                      ) from exc
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

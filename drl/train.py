@@ -6,7 +6,11 @@ from __future__ import annotations
 import copy
 import csv
 import math
+import signal
+import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +31,42 @@ MODEL_KEYS = ("diffusion", "energy", "sampler")
 
 class DivergenceError(RuntimeError):
     pass
+
+
+class Preempted(SystemExit):
+    """SIGTERM (SLURM pre-emption) or SIGINT stopped training after state.pt was saved.  A SystemExit
+    with the shell's status 128 + signal (143, 130): the job fails, so Snakemake and DVC do not mark
+    it done, and ``except Exception`` does not swallow it."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(128 + signum)
+        self.signum, self.message = signum, message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@contextmanager
+def _stop_requests():
+    """While training, SIGTERM and SIGINT only record their number in the yielded list (the loop
+    stops at the end of the iteration); a second Ctrl-C interrupts at once.  The previous handlers
+    are restored on exit.  Off the main thread Python cannot install handlers: nothing changes."""
+    got = [0]
+
+    def handler(signum, frame):
+        if signum == got[0] == signal.SIGINT:
+            raise KeyboardInterrupt
+        got[0] = signum
+
+    if threading.current_thread() is not threading.main_thread():
+        yield got
+        return
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield got
+    finally:
+        for s, h in old.items():
+            signal.signal(s, signal.SIG_DFL if h is None else h)  # None: a handler not set from Python
 
 
 def build_model(model_cfg: dict) -> ConditionalEBM:
@@ -159,32 +199,43 @@ def _train(cfg: dict, data: np.ndarray, out_dir: Path, device: str, progress: bo
                                     "iteration": it, "log": log_rows})
 
     t0 = time.time()
-    bar = tqdm(range(start, iters), initial=start, total=iters, desc="train", disable=not progress,
-               mininterval=2.0)
-    for it in bar:
-        for group in opt.param_groups:
-            group["lr"] = _lr(tcfg, it)
-        y_pos, x_next, t = draw_batch(x_all, B, ebm.sched, gen, tcfg.get("hflip", False))
-        loss, info = objective(y_pos, x_next, t, gen)
-        loss = loss.mean()
-        # Global batch means (the log does not depend on the world size) and the largest |f|.
-        stats = distributed.mean(torch.stack([loss.detach(), info["f_pos"].mean(), info["f_neg"].mean()]), w)
-        global_loss, f_pos, f_neg = stats.tolist()
-        max_f = distributed.maximum(info["f_neg"].abs().max(), w).item()
-        if not math.isfinite(global_loss) or max_f > tcfg["max_abs_energy"]:
-            raise DivergenceError(
-                f"training diverged at iteration {it} (loss {global_loss:.4g}, max |f| {max_f:.4g}); the last "
-                f"good state is in {state_path}. Lower train.lr or sampler.b, or raise sampler.K.")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        ema.update(ebm)
-        if (it + 1) % tcfg["log_every"] == 0 or it + 1 == iters:
-            log_rows.append({"iteration": it + 1, "loss": global_loss, "f_pos": f_pos, "f_neg": f_neg,
-                             "lr": _lr(tcfg, it), "seconds": time.time() - t0})
-            bar.set_postfix(loss=f"{global_loss:.3g}")
-        if (it + 1) % tcfg["checkpoint_every"] == 0 and it + 1 < iters:
-            save_state(it + 1)
+    with _stop_requests() as signalled:
+        bar = tqdm(range(start, iters), initial=start, total=iters, desc="train", disable=not progress,
+                   mininterval=2.0)
+        for it in bar:
+            for group in opt.param_groups:
+                group["lr"] = _lr(tcfg, it)
+            y_pos, x_next, t = draw_batch(x_all, B, ebm.sched, gen, tcfg.get("hflip", False))
+            loss, info = objective(y_pos, x_next, t, gen)
+            loss = loss.mean()
+            # Global batch means (the log does not depend on the world size), the largest |f| and the
+            # largest signal number any rank received: one all_reduce, so all ranks stop together.
+            stats = distributed.mean(torch.stack([loss.detach(), info["f_pos"].mean(), info["f_neg"].mean()]), w)
+            global_loss, f_pos, f_neg = stats.tolist()
+            flag = torch.tensor(float(signalled[0]), device=device)
+            max_f, stop = distributed.maximum(torch.stack([info["f_neg"].detach().abs().max().float(), flag]), w).tolist()
+            if not math.isfinite(global_loss) or max_f > tcfg["max_abs_energy"]:
+                raise DivergenceError(
+                    f"training diverged at iteration {it} (loss {global_loss:.4g}, max |f| {max_f:.4g}); the last "
+                    f"good state is in {state_path}. Lower train.lr or sampler.b, or raise sampler.K.")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            ema.update(ebm)
+            if (it + 1) % tcfg["log_every"] == 0 or it + 1 == iters:
+                log_rows.append({"iteration": it + 1, "loss": global_loss, "f_pos": f_pos, "f_neg": f_neg,
+                                 "lr": _lr(tcfg, it), "seconds": time.time() - t0})
+                bar.set_postfix(loss=f"{global_loss:.3g}")
+            if it + 1 < iters and (stop or (it + 1) % tcfg["checkpoint_every"] == 0):
+                save_state(it + 1)
+                if stop:  # a signal during the last iteration lets the run finish instead
+                    bar.close()
+                    msg = (f"{signal.Signals(int(stop)).name} at iteration {it + 1} of {iters}: saved {state_path}; "
+                           f"rerun the same command to resume")
+                    if w.main:
+                        print(msg, file=sys.stderr, flush=True)
+                    distributed.barrier(w)  # state.pt is in place before any rank exits (torchrun then stops the rest)
+                    raise Preempted(int(stop), msg)
 
     if w.main:
         torch_save(final_path, {"model_cfg": model_cfg, "cfg": cfg, "model": ebm.state_dict(),
