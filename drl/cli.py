@@ -190,7 +190,7 @@ def _samples(cfg: dict, run: str) -> np.ndarray:
 
 def cmd_long_run(params: dict, args) -> None:
     """Section 4.2: adapted HMC step sizes and long-run chains of each length (Figs. 6-7)."""
-    from drl.evaluate.long_run import long_run_chains
+    from drl.evaluate.long_run import hmc_steps_csv, long_run_chains
 
     cfg = run_config(params, args.run)
     if "long_run" not in cfg:
@@ -199,19 +199,18 @@ def cmd_long_run(params: dict, args) -> None:
     device = _device(args)
     chains = long_run_chains(ebm.to(device), cfg["long_run"], _sample_shape(cfg["energy"]["net"]), device)
     np_savez(paths.long_run_file(cfg["group"], args.run), chains)
-    ks = [int(k) for k in chains["steps_per_level"]]
-    rows = ["t,step_size,adapt_acceptance," + ",".join(f"acceptance_{k}" for k in ks)]
-    for t in range(ebm.T):
-        rows.append(",".join(f"{v:.6g}" for v in [t, chains["step_size"][t], chains["adapt_acceptance"][t],
-                                                   *(chains[f"acceptance_{k}"][t] for k in ks)]))
-    write_text(paths.hmc_steps_file(cfg["group"], args.run), "\n".join(rows) + "\n")
+    write_text(paths.hmc_steps_file(cfg["group"], args.run), hmc_steps_csv(chains))
+
+
+def _long_run_chains(cfg: dict, run: str):
+    return np.load(_require(paths.long_run_file(cfg["group"], run), f"drl long-run --run {run}"))
 
 
 def _long_run_metrics(params: dict, cfg: dict, run: str, device: str) -> dict:
     """Per chain length k: FID/IS of its x_0, its log Z_0 estimate (eq. 36) and mean HMC acceptance."""
     from drl.evaluate.long_run import combine
 
-    chains = np.load(_require(paths.long_run_file(cfg["group"], run), f"drl long-run --run {run}"))
+    chains = _long_run_chains(cfg, run)
     out = {}
     for k in chains["steps_per_level"]:
         fid = _fidelity_metrics(params, cfg, chains[f"samples_{k}"], device)
@@ -290,7 +289,7 @@ def _long_run_figure(kind: str, run: str, cfg: dict, n: int):
     from drl.evaluate.long_run import combine
     from drl.report.figures import hmc_figure, sample_grid_figure
 
-    chains = np.load(_require(paths.long_run_file(cfg["group"], run), f"drl long-run --run {run}"))
+    chains = _long_run_chains(cfg, run)
     ks = [int(k) for k in chains["steps_per_level"]]
     T = len(chains["step_size"])
     if kind == "long_run":

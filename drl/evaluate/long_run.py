@@ -66,3 +66,14 @@ def long_run_chains(ebm, cfg: dict, shape: tuple, device="cpu", progress: bool =
 def combine(chains, k: int, curve_points: int = 64) -> dict:
     """Eqs. 34-36 for the chains with k steps per level: ``combine_log_weights``'s dict."""
     return combine_log_weights(chains[f"log_w_{k}"], chains["log_jacobian"], float(chains["log_z_top"]), curve_points)
+
+
+def hmc_steps_csv(chains) -> str:
+    """hmc_steps.csv (a DVC plot): per level t the adapted step size, the adaptation's acceptance and
+    each chain length's mean acceptance."""
+    ks = [int(k) for k in chains["steps_per_level"]]
+    rows = ["t,step_size,adapt_acceptance," + ",".join(f"acceptance_{k}" for k in ks)]
+    for t in range(len(chains["step_size"])):
+        rows.append(",".join(f"{v:.6g}" for v in [t, chains["step_size"][t], chains["adapt_acceptance"][t],
+                                                   *(chains[f"acceptance_{k}"][t] for k in ks)]))
+    return "\n".join(rows) + "\n"
