@@ -2,6 +2,7 @@
 data is touched."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import jsonschema
@@ -138,10 +139,13 @@ def _semantic_errors(params: dict) -> list[str]:
     return errors
 
 
+@functools.cache
+def _validator() -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(yaml.safe_load(SCHEMA_PATH.read_text()))
+
+
 def validate(params: dict, source: str = "params.yaml") -> dict:
-    schema = yaml.safe_load(SCHEMA_PATH.read_text())
-    validator = jsonschema.Draft202012Validator(schema)
-    errors = [f"{_key(e.absolute_path)}: {e.message}" for e in validator.iter_errors(params)]
+    errors = [f"{_key(e.absolute_path)}: {e.message}" for e in _validator().iter_errors(params)]
     if not errors:
         errors = _semantic_errors(params)
     if errors:
@@ -155,8 +159,8 @@ def load_params(path: str | Path = "params.yaml") -> dict:
         raise ParamsError(f"{path} not found; run from the project root or pass --params PATH")
     try:
         params = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ParamsError(f"{path} is not valid YAML: {exc}") from exc
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ParamsError(f"{path} is not valid YAML (UTF-8 text): {exc}") from exc
     if not isinstance(params, dict):
         raise ParamsError(f"{path} must be a mapping with 'datasets' and 'runs'")
     return validate(params, str(path))

@@ -41,7 +41,12 @@ def load(cfg: dict) -> tuple[ImageStream, ImageStream, dict]:
 def _split_names(partition_file: Path, parts: dict, cap: int | None) -> dict[str, list[str]]:
     """Image names of each split, in the partition file's order, at most ``cap`` each."""
     entries = []
-    for i, line in enumerate(partition_file.read_text().splitlines(), 1):
+    try:
+        text = partition_file.read_text()
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{partition_file}: not a text file ({exc}); expected lines '<image name> <0|1|2>' "
+                        f"(Eval/list_eval_partition.txt from {URL})") from exc
+    for i, line in enumerate(text.splitlines(), 1):
         fields = line.split()
         if fields and (len(fields) != 2 or fields[1] not in ("0", "1", "2")):
             raise DataError(f"{partition_file}:{i}: expected '<image name> <0|1|2>', got {line!r}")

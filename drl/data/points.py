@@ -22,9 +22,12 @@ def load_points(path: str | Path) -> np.ndarray:
             x = np.genfromtxt(path, delimiter=",", skip_header=_has_header(path))
         else:
             raise DataError(f"{path}: unsupported extension {path.suffix!r}; use .npy or .csv")
-    except (ValueError, OSError) as exc:
+        if np.iscomplexobj(x):
+            raise TypeError(f"complex values ({x.dtype})")
+        x = np.asarray(x, dtype=np.float64)
+    # EOFError: an empty .npy; TypeError: values that are not real numbers
+    except (ValueError, OSError, EOFError, TypeError) as exc:
         raise DataError(f"{path}: cannot be read as points ({exc})") from exc
-    x = np.asarray(x, dtype=np.float64)
     if x.ndim != 2 or x.shape[1] != 2:
         raise DataError(f"{path}: expected shape [N, 2], got {list(x.shape)}")
     if not np.isfinite(x).all():
