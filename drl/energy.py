@@ -28,7 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from drl.diffusion import Schedule, _per_example
+from drl.diffusion import Schedule
+from drl.perf import Perf
 
 
 # Step size delta_t of eq. 17 for every EBM level t = 0..T-1.
@@ -69,8 +70,13 @@ class ConditionalEBM(nn.Module):
             "tether_inv_var": sched.tether_inv_var,
             "sigma_next": sched.sigma[1:],
         }
+        # The same constants as tensors, all made on first use per (dtype, device): a call then costs a
+        # gather on the device, not a host-to-device copy (which a CUDA graph could not capture).
+        self._level_tensors: dict = {}
         # "bf16": the backbone runs under bf16 autocast (train.precision); everything else stays fp32.
         self.precision = "fp32"
+        # The run's perf switches (drl/perf.py; plain by default).
+        self.perf = Perf()
 
     @property
     def T(self) -> int:
@@ -78,10 +84,16 @@ class ConditionalEBM(nn.Module):
 
     def per_level(self, name: str, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """A per-level constant (a key of ``self.levels``) gathered at t, broadcastable to ``like``."""
-        return _per_example(self.levels[name], t, like)
+        key = (like.dtype, like.device)
+        if key not in self._level_tensors:
+            self._level_tensors[key] = {k: torch.as_tensor(v, dtype=like.dtype, device=like.device)
+                                        for k, v in self.levels.items()}
+        return self._level_tensors[key][name][t].view(-1, *([1] * (like.dim() - 1)))
 
     def _autocast(self, like: torch.Tensor):
-        return torch.autocast(like.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+        # no cast cache (each weight is cast once per call anyway): CUDA graph capture requires it off
+        return torch.autocast(like.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16",
+                              cache_enabled=False)
 
     def forward(self, y: torch.Tensor, t: torch.Tensor, ctx=None) -> torch.Tensor:
         """f_theta(y, t), one value per example (``ctx``: the net's cached ``time_context(t)``), in y's dtype."""

@@ -29,6 +29,7 @@ from typing import Callable, Iterator
 import torch
 from tqdm import tqdm
 
+from drl import perf
 from drl.energy import ConditionalEBM
 from drl.mcmc import normal_approximation
 
@@ -107,13 +108,21 @@ def hmc(ebm: ConditionalEBM, y: torch.Tensor, x_next: torch.Tensor, t: torch.Ten
     if not 0.0 <= jitter < 1.0:
         raise ValueError(f"jitter must lie in [0, 1), got {jitter}")
     _require_fp32(ebm)
-    target = recovery_target(ebm, x_next, t, ebm.time_context(t))
-    y = y.detach()
-    state = (y, *target(y))
-    probs = []
-    for _ in range(n_steps):
-        state, prob = hmc_transition(target, state, step_size, n_leapfrog, generator, jitter)
-        probs.append(prob)
+    return _transitions(ebm, lambda ctx: recovery_target(ebm, x_next, t, ctx), t, y.detach(), step_size, n_steps,
+                        n_leapfrog, generator, jitter)
+
+
+def _transitions(ebm: ConditionalEBM, make_target: Callable[[object], Target], t: torch.Tensor, y: torch.Tensor,
+                 step_size, n_steps: int, n_leapfrog: int, generator, jitter: float):
+    """``n_steps`` HMC transitions from y on ``make_target(ebm.time_context(t))``, the network's weights
+    computed once for the chain (``perf.chain_weights``); returns (y, acceptance float64 [n_steps, n])."""
+    with perf.chain_weights(ebm):
+        target = make_target(ebm.time_context(t))
+        state = (y, *target(y))
+        probs = []
+        for _ in range(n_steps):
+            state, prob = hmc_transition(target, state, step_size, n_leapfrog, generator, jitter)
+            probs.append(prob)
     return state[0], torch.stack(probs)
 
 
@@ -254,15 +263,10 @@ def _marginal_transitions(ebm: ConditionalEBM, x: torch.Tensor, t: int, step_siz
     """``n_steps`` HMC transitions on the level-t marginal from x (x-space in and out); returns
     (x, acceptance probabilities float64 [n_steps, n])."""
     tt = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
-    target = marginal_target(ebm, tt, ebm.time_context(tt))
     s = float(ebm.levels["y_scale"][t])
-    y = (s * x).detach()
-    state = (y, *target(y))
-    probs = []
-    for _ in range(n_steps):
-        state, prob = hmc_transition(target, state, step_size, n_leapfrog, generator, jitter)
-        probs.append(prob)
-    return state[0] / s, torch.stack(probs)
+    y, probs = _transitions(ebm, lambda ctx: marginal_target(ebm, tt, ctx), tt, (s * x).detach(), step_size,
+                            n_steps, n_leapfrog, generator, jitter)
+    return y / s, probs
 
 
 def _check_ais_args(ebm: ConditionalEBM, n_steps: int, jitter: float, step_sizes=None) -> None:

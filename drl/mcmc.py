@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from drl import perf
 from drl.energy import ConditionalEBM
 
 
@@ -19,19 +20,30 @@ def langevin(ebm: ConditionalEBM, x_next: torch.Tensor, t: torch.Tensor, K: int,
              noise_scale: float = 1.0, generator=None, y: torch.Tensor | None = None,
              noise: list[torch.Tensor] | None = None) -> torch.Tensor:
     _check_noise(noise, K)
-    y = x_next.detach().clone() if y is None else y.detach().clone()
+    y = (x_next if y is None else y).detach().clone()
+    x_next = x_next.detach()
     half_d2 = 0.5 * ebm.per_level("delta", t, y) ** 2
     d_noise = noise_scale * ebm.per_level("delta", t, y)
     inv_var = ebm.per_level("tether_inv_var", t, y)
-    ctx = ebm.time_context(t)
-    for k in range(K):
-        _, grad = ebm.score(y, t, ctx=ctx)
+    eps = torch.empty(y.shape, dtype=y.dtype, device=y.device)
+
+    def draw(k: int) -> None:   # into eps: the values torch.randn(y.shape, generator=generator) returns
         if noise is None:
-            eps = torch.randn(y.shape, generator=generator, dtype=y.dtype, device=y.device)
+            torch.randn(y.shape, generator=generator, dtype=y.dtype, device=y.device, out=eps)
         else:
-            eps = noise[k]
-        y = y + half_d2 * (grad + inv_var * (x_next - y)) + d_noise * eps
-    return y.detach()
+            eps.copy_(noise[k])
+
+    with perf.chain_score(ebm) as score:
+        ctx = ebm.time_context(t)
+
+        def step() -> None:
+            # the update above in place, each operation as written there (the result is the same bitwise)
+            drift = x_next - y
+            drift.mul_(inv_var).add_(score(y, t, ctx)).mul_(half_d2)
+            y.add_(drift).add_(eps.mul_(d_noise))
+
+        perf.run_steps(step, draw, K, perf.CudaGraph() if ebm.perf.cuda_graphs else None)
+    return y
 
 
 # Eq. 12: y = x_{t+1} + sigma_{t+1}^2 grad f(x_{t+1}, t) + noise_scale sigma_{t+1} eps,

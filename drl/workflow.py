@@ -16,9 +16,10 @@ from drl.paths import PATTERNS, PREPARED_FILES, table_markdown
 # Code each kind of stage runs (DVC reruns a stage when its code changes).
 CODE = {
     "prepare": ["drl/data", "drl/io.py"],
-    "train": ["drl/train.py", "drl/diffusion.py", "drl/energy.py", "drl/mcmc.py", "drl/objectives.py", "drl/nets"],
-    "sample": ["drl/sample.py", "drl/mcmc.py", "drl/report/figures.py"],
-    "long_run": ["drl/hmc.py", "drl/mcmc.py", "drl/evaluate/long_run.py", "drl/evaluate/partition.py"],
+    "train": ["drl/train.py", "drl/diffusion.py", "drl/energy.py", "drl/mcmc.py", "drl/objectives.py", "drl/nets",
+              "drl/perf.py"],
+    "sample": ["drl/sample.py", "drl/mcmc.py", "drl/perf.py", "drl/report/figures.py"],
+    "long_run": ["drl/hmc.py", "drl/mcmc.py", "drl/perf.py", "drl/evaluate/long_run.py", "drl/evaluate/partition.py"],
     "extractor": ["drl/evaluate"],
     "refstats": ["drl/evaluate"],
     "evaluate": ["drl/evaluate"],
@@ -100,7 +101,8 @@ def train_command(cfg: dict, run: str) -> str:
 def _run_stages(params: dict, run: str) -> list[Stage]:
     cfg, f = params["runs"][run], _run_files(params, run)
     group, ev = cfg["group"], cfg["evaluate"]
-    eval_deps, eval_params = [f["model"]], [f"runs.{run}.evaluate", f"datasets.{cfg['dataset']}"]
+    perf = ("perf",) if "perf" in cfg else ()  # optional; it can change results (sn_power_iteration, summation order)
+    eval_deps, eval_params = [f["model"]], [f"runs.{run}.{s}" for s in ("evaluate", *perf)] + [f"datasets.{cfg['dataset']}"]
     if "quadrature" in ev or "partition" in ev:
         eval_deps.append(_prepared(cfg["dataset"], "test"))
     if "fidelity" in ev:
@@ -110,14 +112,14 @@ def _run_stages(params: dict, run: str) -> list[Stage]:
         eval_params.append(f"extractors.{ex}")
     out = [
         Stage(f"train_{run}", "train", train_command(cfg, run), [_prepared(cfg["dataset"], "train")] + CODE["train"],
-              [f["model"], f["train_config"]], [f"runs.{run}.{s}" for s in MODEL_SECTIONS], group,
+              [f["model"], f["train_config"]], [f"runs.{run}.{s}" for s in MODEL_SECTIONS + perf], group,
               plots={f["train_log"]: {"x": "iteration", "y": "loss", "cache": True}}),  # (has wall times)
         Stage(f"sample_{run}", "sample", f"drl sample --run {run}", [f["model"]] + CODE["sample"],
-              [f["samples"], f["sample_grid"]], [f"runs.{run}.sample"], group),
+              [f["samples"], f["sample_grid"]], [f"runs.{run}.{s}" for s in ("sample", *perf)], group),
     ]
     if "long_run" in cfg:  # Section 4.2: adapted HMC step sizes, then chains of each length
         out.append(Stage(f"long_run_{run}", "long_run", f"drl long-run --run {run}", [f["model"]] + CODE["long_run"],
-                         [f["long_run"]], [f"runs.{run}.long_run"], group,
+                         [f["long_run"]], [f"runs.{run}.{s}" for s in ("long_run", *perf)], group,
                          plots={f["hmc_steps"]: {"x": "t", "y": "step_size", "cache": False}}))
         eval_deps.append(f["long_run"])
     return out + [Stage(f"evaluate_{run}", "evaluate", f"drl evaluate --run {run}", eval_deps + CODE["evaluate"], [],
@@ -135,7 +137,7 @@ def _report_stages(params: dict) -> list[Stage]:
         if fcfg["kind"] == "comparison":
             deps.append(_prepared(params["runs"][fcfg["runs"][0]]["dataset"], "test"))
         read = {"interpolation": "sample", "hmc": "long_run", "long_run": "long_run"}.get(fcfg["kind"], "evaluate")
-        code = CODE["figure"] + {"interpolation": ["drl/interpolate.py", "drl/mcmc.py"], "hmc": ["drl/evaluate/long_run.py"],
+        code = CODE["figure"] + {"interpolation": ["drl/interpolate.py", "drl/mcmc.py", "drl/perf.py"], "hmc": ["drl/evaluate/long_run.py"],
                                  "long_run": ["drl/evaluate/long_run.py"]}.get(fcfg["kind"], [])
         out.append(Stage(f"figure_{fig}", "figure", f"drl figure --figure {fig}", deps + code, [],
                          [f"figures.{fig}"] + [f"runs.{r}.{read}" for r in fcfg["runs"]], fcfg["group"],

@@ -17,10 +17,10 @@ def grid(extent: float, n: int):
 
 @torch.no_grad()
 def energy_values(ebm: ConditionalEBM, y: np.ndarray, t: int, chunk: int = 65536) -> np.ndarray:
-    out = []
+    out, device = [], next(ebm.parameters()).device
     for i in range(0, len(y), chunk):
-        yy = torch.as_tensor(y[i:i + chunk], dtype=torch.float32)
-        out.append(ebm(yy, torch.full((len(yy),), t, dtype=torch.long)).double().numpy())
+        yy = torch.as_tensor(y[i:i + chunk], dtype=torch.float32, device=device)
+        out.append(ebm(yy, torch.full((len(yy),), t, dtype=torch.long, device=device)).double().cpu().numpy())
     return np.concatenate(out)
 
 

@@ -47,9 +47,11 @@ class SpectralNorm(nn.Module):
 
     In training mode every evaluation of the weight first runs ``n_power_iterations`` power
     iterations, as the released code does on every call -- so also at each Langevin step of the
-    training sampler.  In eval mode u, v are frozen (PyTorch's convention; the EMA copy reads the
-    trained buffers).  Unlike the released code (random u, no warm-up) u, v get 15 warm-up
-    iterations at construction, as in ``torch.nn.utils.parametrizations.spectral_norm``.
+    training sampler (``perf.sn_power_iteration: per_call``; under ``per_iteration``,
+    ``drl.perf.fixed_weights`` evaluates it once per training iteration).  In eval mode u, v are
+    frozen (PyTorch's convention; the EMA copy reads the trained buffers).  Unlike the released code
+    (random u, no warm-up) u, v get 15 warm-up iterations at construction, as in
+    ``torch.nn.utils.parametrizations.spectral_norm``.
     """
 
     def __init__(self, weight: torch.Tensor, n_power_iterations: int = 1, bound_only: bool = False,

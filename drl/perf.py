@@ -1,0 +1,193 @@
+"""Performance switches of a run (the ``perf`` section of params.yaml; issue 6).
+
+* ``sn_power_iteration``: ``per_call`` (released code) or ``per_iteration``; see ``fixed_weights``.
+* ``channels_last``: the network's 4-D weights (convolutions) in channels-last memory format.
+* ``compile``: the Langevin chain's score by ``torch.compile`` (``chain_score``).
+* ``cuda_graphs``: the Langevin step captured once per chain in a CUDA graph and replayed
+  (``CudaGraph``, ``run_steps``); CUDA only.
+
+Only ``sn_power_iteration: per_iteration`` changes the function computed (see ``fixed_weights``);
+the others compute the same function in another order of floating-point operations, or (CUDA
+graphs) with the same kernels.  tests/test_perf.py checks each against the plain path.
+"""
+from __future__ import annotations
+
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from functools import cache
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+SN_MODES = ("per_call", "per_iteration")
+
+
+@dataclass(frozen=True)
+class Perf:
+    sn_power_iteration: str = "per_call"
+    channels_last: bool = False
+    compile: bool = False
+    cuda_graphs: bool = False
+
+    def __post_init__(self):
+        if self.sn_power_iteration not in SN_MODES:
+            raise ValueError(f"unknown perf.sn_power_iteration {self.sn_power_iteration!r}; use one of {SN_MODES}")
+
+
+def _parametrized(module: nn.Module) -> list[tuple[str, nn.Module, str]]:
+    """(module name, module, tensor name) of every parametrised tensor (spectral norm) in ``module``."""
+    return [(name, m, tensor) for name, m in module.named_modules() if parametrize.is_parametrized(m)
+            for tensor in m.parametrizations]
+
+
+def configure(ebm: nn.Module, cfg: dict | None, device: str | torch.device) -> nn.Module:
+    """Apply a run's ``perf`` section to ``ebm`` (already on ``device``) and return it.  For training,
+    call it before the optimizer and the EMA copy are made and before a state is loaded, so that a
+    resumed run has the memory formats of an uninterrupted one (the arithmetic then matches bitwise).
+
+    ``cuda_graphs`` off CUDA is ignored with a warning (one params.yaml serves CPU and GPU machines;
+    the function computed is the same either way)."""
+    perf = Perf(**(cfg or {}))
+    if perf.cuda_graphs and torch.device(device).type != "cuda":
+        warnings.warn(f"perf.cuda_graphs is for CUDA devices; ignored on {device}", stacklevel=2)
+        perf = replace(perf, cuda_graphs=False)
+    if perf.channels_last:
+        ebm.to(memory_format=torch.channels_last)   # 4-D parameters only; y keeps its format
+    ebm.perf = perf
+    return ebm
+
+
+# Spectral norm W / sigma(W), with sigma from power iteration (drl/nets/wrn.py; torch's
+# spectral_norm for the MLP).  ``per_call`` (released code): in training mode every evaluation of a
+# weight runs a power iteration, so in one training iteration a convolution's u, v advance K + 1
+# times (K Langevin steps and the loss; the time-embedding denses twice, the chain's and the loss's
+# time_context) and each Langevin step sees a slightly different sigma.  ``per_iteration`` (SN-GAN's
+# practice, Miyato et al. 2018): inside ``fixed_weights`` each weight is evaluated once -- one power
+# iteration, one W / sigma -- and that tensor serves the whole chain and the loss, gradients flowing
+# to W through it in the loss.  The chain then samples one fixed energy.  In eval mode (EMA copy,
+# sampling) u, v are frozen and both settings compute the same weights; ``fixed_weights`` then only
+# saves recomputing them.
+@contextmanager
+def fixed_weights(module: nn.Module):
+    """Within: every parametrised weight of ``module`` is computed once, on entry (with gradient
+    tracking, for the loss), and reused by every call (``torch.nn.utils.parametrize.cached``)."""
+    with parametrize.cached():
+        with torch.enable_grad():
+            for _, m, tensor in _parametrized(module):
+                getattr(m, tensor)
+        yield
+
+
+@contextmanager
+def training_iteration(ebm: nn.Module):
+    """Around one training iteration's forward (chain and loss): ``fixed_weights`` under
+    ``sn_power_iteration: per_iteration``, nothing under ``per_call``."""
+    if ebm.perf.sn_power_iteration == "per_iteration":
+        with fixed_weights(ebm):
+            yield
+    else:
+        yield
+
+
+def _weights_fixed_in_chain(ebm: nn.Module) -> bool:
+    return not ebm.training or ebm.perf.sn_power_iteration == "per_iteration"
+
+
+@contextmanager
+def chain_weights(ebm: nn.Module):
+    """Around an MCMC chain: ``fixed_weights`` where the weights cannot change within the chain (eval
+    mode, or ``sn_power_iteration: per_iteration``), where it computes the weights every call would;
+    nothing under ``per_call`` in training mode (the released code's sampler)."""
+    if _weights_fixed_in_chain(ebm):
+        with fixed_weights(ebm):
+            yield
+    else:
+        yield
+
+
+def _energy_sum(ebm: nn.Module, params: dict, y: torch.Tensor, t: torch.Tensor, ctx) -> torch.Tensor:
+    return torch.func.functional_call(ebm, params, (y, t), {"ctx": ctx}).sum()
+
+
+@cache
+def _compiled_grad_y() -> Callable:
+    """grad_y sum_i f(y_i, t_i) as one compiled forward-and-backward graph (the parameters are inputs
+    that need no gradient, so the backward computes the input gradient only)."""
+    return torch.compile(torch.func.grad(_energy_sum, argnums=2), dynamic=False)
+
+
+@contextmanager
+def _frozen_parametrizations(module: nn.Module):
+    """The parametrisations in eval mode (spectral norm: W / sigma from the current u, v, no power
+    iteration), their previous modes restored on exit."""
+    lists = [m.parametrizations[tensor] for _, m, tensor in _parametrized(module)]
+    modes = [p.training for p in lists]
+    try:
+        for p in lists:
+            p.eval()
+        yield
+    finally:
+        for p, mode in zip(lists, modes):
+            p.train(mode)
+
+
+# The score grad_y f(y, t) of a Langevin chain: ``ConditionalEBM.score`` (eager), or under
+# ``perf.compile`` the same gradient from the compiled graph of ``_compiled_grad_y``, given the
+# parameters detached and the spectral norms frozen, i.e. the weights ``fixed_weights`` computes.
+@contextmanager
+def chain_score(ebm: nn.Module):
+    """Yield score(y, t, ctx) -> grad_y f(y, t) for one chain, inside ``chain_weights``."""
+    with chain_weights(ebm):
+        if not ebm.perf.compile:
+            yield lambda y, t, ctx: ebm.score(y, t, ctx=ctx)[1]
+            return
+        if not _weights_fixed_in_chain(ebm) and _parametrized(ebm):
+            raise ValueError("perf.compile with spectral norm needs perf.sn_power_iteration: per_iteration for "
+                             "training: the compiled score takes the weights fixed through a chain, per_call "
+                             "changes them at every step")
+        params, grad_y = {name: p.detach() for name, p in ebm.named_parameters()}, _compiled_grad_y()
+        with _frozen_parametrizations(ebm), torch.no_grad():
+            yield lambda y, t, ctx: grad_y(ebm, params, y, t, ctx)
+
+
+class CudaGraph:
+    """One step captured in a CUDA graph (``torch.cuda.CUDAGraph``): ``warmup`` runs it on a side
+    stream (as capture requires), ``capture`` records it without running it, ``replay`` runs the
+    recorded kernels on the tensors the step used at capture."""
+
+    def __init__(self):
+        self.graph = torch.cuda.CUDAGraph()
+
+    def warmup(self, step: Callable[[], None]) -> None:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            step()
+        torch.cuda.current_stream().wait_stream(side)
+
+    def capture(self, step: Callable[[], None]) -> None:
+        with torch.cuda.graph(self.graph):
+            step()
+
+    def replay(self) -> None:
+        self.graph.replay()
+
+
+def run_steps(step: Callable[[], None], draw: Callable[[int], None], K: int, graph=None) -> None:
+    """K steps, each after ``draw(k)`` (which fills the step's noise).  With a ``graph`` (CUDA graphs)
+    the step must read and write only tensors that outlive the chain, in place, with no host
+    synchronisation and no random draws: step 0 runs as the warm-up, step 1 is captured, and steps 1
+    to K-1 replay it."""
+    for k in range(K):
+        draw(k)
+        if graph is None:
+            step()
+        elif k == 0:
+            graph.warmup(step)
+        else:
+            if k == 1:
+                graph.capture(step)
+            graph.replay()
