@@ -3,16 +3,19 @@ writes its outputs atomically, with the resolved configuration beside them."""
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 import time
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
 
 from drl import paths
-from drl.config import ParamsError, load_params, run_config
+from drl.config import LONG_RUN_METRICS, ParamsError, load_params, metrics_of, run_config
 from drl.data.points import DataError
-from drl.io import np_save, np_savez, savefig, write_json, write_text
+from drl.io import Busy, exclusive, np_save, np_savez, savefig, write_json, write_text
 
 
 def cmd_prepare(params: dict, args) -> None:
@@ -37,15 +40,18 @@ def _prepared(dataset: str, split: str, mmap: bool = False) -> np.ndarray:
                    mmap_mode="r" if mmap else None)
 
 
-def _model(group: str, run: str):
+def _model(cfg: dict, run: str, device: str = "cpu"):
+    """The run's trained EBM (EMA weights) on ``device``, with its ``perf`` switches applied."""
+    from drl import perf
     from drl.train import load_model
 
-    return load_model(_require(paths.run_dir(group, run) / "model.pt", f"drl train --run {run}"))
+    ebm, ckpt = load_model(_require(paths.run_dir(cfg["group"], run) / "model.pt", f"drl train --run {run}"))
+    return perf.configure(ebm.to(device), cfg.get("perf"), device), ckpt
 
 
 def cmd_train(params: dict, args) -> None:
     from drl import distributed
-    from drl.train import train
+    from drl.train import DivergenceError, record_divergence, train
 
     cfg = run_config(params, args.run)
     w = distributed.world()  # several processes under torchrun, one otherwise
@@ -53,10 +59,21 @@ def cmd_train(params: dict, args) -> None:
     data = _prepared(cfg["dataset"], "train", mmap=True)
     out = paths.run_dir(cfg["group"], args.run)
     t0 = time.time()
-    train(cfg, data, out, device=_device(args))
+    diverged = None
+    try:
+        with exclusive(out, f"drl train --run {args.run}") if w.main else nullcontext():
+            train(cfg, data, out, device=_device(args))
+    except DivergenceError as exc:  # every rank raises it at the same iteration
+        # the stage completes with the last good weights marked diverged: the run's metrics and the
+        # tables then say "diverged" while the other runs of a sweep go on
+        diverged = record_divergence(cfg, out, exc) if w.main else exc.record
+        if w.main:
+            print(f"drl train: warning: {exc}. model.pt holds the weights of iteration "
+                  f"{diverged['last_good_iteration']}, marked diverged; its metrics will record the divergence. "
+                  f"After changing params.yaml, delete {out / 'state.pt'} and rerun.", file=sys.stderr)
     if w.main:
         write_json(out / "config.json", {"run": args.run, "config": cfg, "train_seconds": time.time() - t0,
-                                         "processes": w.size})
+                                         "processes": w.size, "diverged": diverged})
 
 
 def _device(args) -> str:
@@ -83,9 +100,8 @@ def cmd_sample(params: dict, args) -> None:
 
     cfg = run_config(params, args.run)
     s = cfg["sample"]
-    ebm, _ = _model(cfg["group"], args.run)
     device = _device(args)
-    ebm.to(device)
+    ebm, _ = _model(cfg, args.run, device)
     shape = _sample_shape(cfg["energy"]["net"])
     per_sample = s.get("seeding", "per_sample") == "per_sample"
     gen = None if per_sample else torch.Generator(device=device).manual_seed(s["seed"])
@@ -195,9 +211,9 @@ def cmd_long_run(params: dict, args) -> None:
     cfg = run_config(params, args.run)
     if "long_run" not in cfg:
         raise ParamsError(f"runs.{args.run}.long_run is not set in {args.params}")
-    ebm, _ = _model(cfg["group"], args.run)
     device = _device(args)
-    chains = long_run_chains(ebm.to(device), cfg["long_run"], _sample_shape(cfg["energy"]["net"]), device)
+    ebm, _ = _model(cfg, args.run, device)
+    chains = long_run_chains(ebm, cfg["long_run"], _sample_shape(cfg["energy"]["net"]), device)
     np_savez(paths.long_run_file(cfg["group"], args.run), chains)
     write_text(paths.hmc_steps_file(cfg["group"], args.run), hmc_steps_csv(chains))
 
@@ -257,8 +273,16 @@ def _partition_metrics(cfg: dict, ebm, device: str) -> dict:
 
 def cmd_evaluate(params: dict, args) -> None:
     cfg = run_config(params, args.run)
-    ebm, ckpt = _model(cfg["group"], args.run)
+    ebm, ckpt = _model(cfg, args.run, _device(args))
     metrics = {"iterations": ckpt["iteration"]}
+    if ckpt.get("diverged"):  # the divergence instead of numbers (tables show "diverged")
+        nothing = dict.fromkeys(metrics_of(cfg["evaluate"]))
+        long_run = {"long_run": {str(k): dict.fromkeys(LONG_RUN_METRICS)
+                                 for k in cfg["long_run"]["steps_per_level"]}} if "long_run" in cfg else {}
+        write_json(paths.metrics_file(cfg["group"], args.run),
+                   {"run": args.run, **metrics, **nothing, **long_run, "diverged": ckpt["diverged"]})
+        print(f"{args.run}: diverged at iteration {ckpt['diverged']['iteration']}; metrics record the divergence")
+        return
     if "quadrature" in cfg["evaluate"]:
         metrics.update(_quadrature_metrics(params, cfg, ebm))
     if "fidelity" in cfg["evaluate"]:
@@ -313,7 +337,7 @@ def cmd_figure(params: dict, args) -> None:
     loaded = []
     for r in fig_cfg["runs"]:
         cfg = run_config(params, r)
-        ebm = None if fig_cfg["kind"] == "samples" else _model(cfg["group"], r)[0]
+        ebm = None if fig_cfg["kind"] == "samples" else _model(cfg, r)[0]
         if fig_cfg["kind"] == "interpolation":
             loaded.append((r, cfg, ebm, None))
             continue
@@ -388,6 +412,27 @@ def cmd_validate(params: dict, args) -> None:
     print(f"{args.params}: OK ({len(params['datasets'])} datasets, {len(params['runs'])} runs)")
 
 
+@contextmanager
+def _sigterm_unwinds(stage: str):
+    """SIGTERM (SLURM pre-emption, ``kill``) raises SystemExit(143) in the stage, which unwinds it: the
+    temp file of an output being written is removed (drl/io.py), finished outputs stay, and rerunning
+    the same command completes the rest.  Training installs its own handler, which first saves state.pt.
+    The previous handler is restored on exit (``main`` also runs inside tests)."""
+    def handler(signum, frame):
+        print(f"drl {stage}: stopped by {signal.Signals(signum).name}; unfinished outputs were not written, "
+              "rerun the same command", file=sys.stderr, flush=True)
+        raise SystemExit(128 + signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if old is None else old)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="drl", description=__doc__)
     p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
@@ -423,8 +468,9 @@ def main(argv=None) -> int:
     from drl.evaluate.errors import EvaluationError
 
     try:
-        fn(load_params(args.params), args)
-    except (ParamsError, DataError, EvaluationError) as exc:
+        with _sigterm_unwinds(args.stage):
+            fn(load_params(args.params), args)
+    except (ParamsError, DataError, EvaluationError, Busy) as exc:
         print(f"drl {args.stage}: error: {exc}", file=sys.stderr)
         return 2
     return 0

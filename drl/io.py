@@ -40,6 +40,41 @@ def atomic_path(path: str | os.PathLike):
             os.unlink(tmp)
 
 
+class Busy(RuntimeError):
+    """Another process is working in an output folder (see ``exclusive``)."""
+
+
+@contextmanager
+def exclusive(folder: str | os.PathLike, what: str):
+    """Hold an exclusive lock on ``folder`` (``folder/.lock``, flock) while ``what`` runs there; a
+    second process asking for it gets ``Busy`` at once, naming the holder.  The kernel drops the
+    lock when the holder dies, even by SIGKILL, so a killed job never leaves it behind.  This keeps
+    two invocations of a stage with mutable state (training's state.pt) apart even where the
+    workflow engine's own lock does not (e.g. Snakemake after another invocation failed)."""
+    import fcntl
+    import socket
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fh = open(folder / ".lock", "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "another process"
+        fh.close()
+        raise Busy(f"{folder}: {what} is already running there ({holder}); wait for it to finish, or stop it, "
+                   "then rerun") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    fh.flush()
+    try:
+        yield
+    finally:
+        fh.close()  # releases the lock
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from drl import distributed
+from drl import distributed, perf
 from drl.data.pixels import is_image_array, to_model_space
 from drl.diffusion import Schedule, diffused_pair, make_schedule
 from drl.energy import ConditionalEBM
@@ -30,7 +30,12 @@ MODEL_KEYS = ("diffusion", "energy", "sampler")
 
 
 class DivergenceError(RuntimeError):
-    pass
+    """The loss became NaN/inf or an energy exceeded ``train.max_abs_energy``; ``record`` says where
+    (iteration, loss, max |f|) for the run's metrics."""
+
+    def __init__(self, message: str, record: dict):
+        super().__init__(message)
+        self.record = {**record, "message": message}
 
 
 class Preempted(SystemExit):
@@ -143,11 +148,16 @@ class Objective(nn.Module):
         self.ebm, self.ocfg, self.scfg = ebm, ocfg, scfg
 
     def forward(self, y_pos, x_next, t, gen):
-        if self.ocfg["name"] == "dsm":  # eq. 14
-            return dsm_loss(self.ebm, y_pos, x_next, t)
-        # Algorithm 1: negatives by K Langevin steps from x_{t+1}, loss w_t (f(y^-, t) - f(y^+, t)).
-        return recovery_likelihood_loss(self.ebm, y_pos, x_next, t, self.scfg["K"], self.ocfg["loss_weights"],
-                                        self.scfg["noise_scale"], gen)
+        with perf.training_iteration(self.ebm):   # spectral norm: one power iteration here or per call
+            if self.ocfg["name"] == "dsm":  # eq. 14
+                return dsm_loss(self.ebm, y_pos, x_next, t)
+            # Algorithm 1: negatives by K Langevin steps from x_{t+1}, loss w_t (f(y^-, t) - f(y^+, t)).
+            return recovery_likelihood_loss(self.ebm, y_pos, x_next, t, self.scfg["K"], self.ocfg["loss_weights"],
+                                            self.scfg["noise_scale"], gen)
+
+
+def _without_perf(cfg: dict) -> dict:
+    return {k: v for k, v in cfg.items() if k != "perf"}
 
 
 def train(cfg: dict, data: np.ndarray, out_dir: str | Path, device: str = "cpu", progress: bool = True) -> Path:
@@ -167,7 +177,7 @@ def _train(cfg: dict, data: np.ndarray, out_dir: Path, device: str, progress: bo
     out_dir.mkdir(parents=True, exist_ok=True)
     model_cfg = {k: cfg[k] for k in MODEL_KEYS}
     torch.manual_seed(tcfg["seed"])
-    ebm = build_model(model_cfg).to(device)
+    ebm = perf.configure(build_model(model_cfg).to(device), cfg.get("perf"), device)
     ebm.precision = tcfg.get("precision", "fp32")
     opt = torch.optim.Adam(ebm.parameters(), lr=tcfg["lr"], betas=(tcfg["beta1"], tcfg["beta2"]), eps=tcfg["eps"])
     ema = EMA(ebm, tcfg["ema"])
@@ -176,7 +186,7 @@ def _train(cfg: dict, data: np.ndarray, out_dir: Path, device: str, progress: bo
     state_path, final_path = out_dir / "state.pt", out_dir / "model.pt"
     if state_path.exists():
         st = torch.load(state_path, map_location=device, weights_only=False)
-        if st["cfg"] != cfg:
+        if _without_perf(st["cfg"]) != _without_perf(cfg):   # perf switches may change between sessions
             raise RuntimeError(f"{state_path} was written for a different configuration; delete it to start afresh")
         if len(st["generators"]) != w.size:
             raise RuntimeError(f"{state_path} was written by {len(st['generators'])} process(es); resume with "
@@ -216,8 +226,12 @@ def _train(cfg: dict, data: np.ndarray, out_dir: Path, device: str, progress: bo
             max_f, stop = distributed.maximum(torch.stack([info["f_neg"].detach().abs().max().float(), flag]), w).tolist()
             if not math.isfinite(global_loss) or max_f > tcfg["max_abs_energy"]:
                 raise DivergenceError(
-                    f"training diverged at iteration {it} (loss {global_loss:.4g}, max |f| {max_f:.4g}); the last "
-                    f"good state is in {state_path}. Lower train.lr or sampler.b, or raise sampler.K.")
+                    f"training diverged at iteration {it} (loss {global_loss:.4g}, max |f| {max_f:.4g}); "
+                    + (f"the last good state is in {state_path}" if state_path.exists() else
+                       "no checkpoint was written before (train.checkpoint_every)")
+                    + ". Likely causes: Langevin steps too large for the energy "
+                    f"(lower sampler.b, or raise sampler.K) or too high a learning rate (lower train.lr)",
+                    {"iteration": it, "loss": global_loss, "max_abs_f": max_f})
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -248,3 +262,22 @@ def _train(cfg: dict, data: np.ndarray, out_dir: Path, device: str, progress: bo
         state_path.unlink(missing_ok=True)
     distributed.barrier(w)  # the other ranks return once model.pt is in place
     return final_path
+
+
+def record_divergence(cfg: dict, out_dir: str | Path, err: DivergenceError) -> dict:
+    """After ``err``: model.pt holds the last good weights -- state.pt's, or the initial ones (rebuilt
+    from the seed) when no checkpoint preceded the divergence -- marked ``diverged`` with err's record,
+    so that evaluation records the divergence instead of numbers.  state.pt is kept.  Returns the record."""
+    out_dir = Path(out_dir)
+    model_cfg = {k: cfg[k] for k in MODEL_KEYS}
+    state_path = out_dir / "state.pt"
+    if state_path.exists():
+        good = torch.load(state_path, map_location="cpu", weights_only=False)
+    else:
+        torch.manual_seed(cfg["train"]["seed"])  # as _train does before building the model
+        weights = build_model(model_cfg).state_dict()
+        good = {"model": weights, "ema": weights, "iteration": 0, "log": []}
+    record = {**err.record, "last_good_iteration": good["iteration"]}
+    torch_save(out_dir / "model.pt", {"model_cfg": model_cfg, "cfg": cfg, "model": good["model"], "ema": good["ema"],
+                                      "iteration": good["iteration"], "log": good["log"], "diverged": record})
+    return record

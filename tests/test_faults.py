@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 import drl.train as T
+from drl.cli import main
 from drl.data.toy2d import get_toy
 from drl.io import atomic_path
 from test_train import tiny_cfg
@@ -49,6 +50,19 @@ runs:
   toy_term:
     <<: *tiny
     {TRAIN % 100000}
+  toy_diverge:  # a learning rate 500x too high: the energies explode within a few dozen iterations
+    <<: *tiny
+    train: {{iterations: 200, batch_size: 64, lr: 1.0, beta1: 0.9, beta2: 0.999, eps: 1.0e-8, warmup: 10,
+             ema: 0.9, seed: 0, checkpoint_every: 5, log_every: 10, max_abs_energy: 100.0}}
+tables:
+  sweep:
+    output: results/faults/sweep.csv
+    group: faults
+    title: a sweep with one diverged run
+    columns: [kl_nats]
+    rows:
+      - {{label: lr 0.002, run: toy}}
+      - {{label: lr 1.0, run: toy_diverge}}
 """
 PREPARED, RUN = "data/prepared/checkerboard", "results/faults/runs/toy"
 STAGES = {  # stage -> (command, final outputs)
@@ -340,3 +354,142 @@ def test_sigterm_to_one_torchrun_rank_stops_all_ranks_at_one_iteration(reference
     r = subprocess.run(cmd, cwd=project, env=ENV, capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stderr[-3000:]
     assert torch.load(project / "results/faults/runs/toy_term/model.pt", weights_only=False)["iteration"] == ITERS
+
+
+def _final_writes_raise(signum: int, name: str, monkeypatch) -> None:
+    """Deliver ``signum`` to this process just before the rename that would put ``name`` in place."""
+    real = os.replace
+
+    def replace(src, dst):
+        if Path(dst).name == name:
+            signal.raise_signal(signum)
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+
+
+# stage -> (the output whose rename the signal precedes, inputs copied from the reference project)
+SIGTERM_POINTS = {"prepare": ("train.npy", []), "train": ("model.pt", [PREPARED]),
+                  "sample": ("samples.npy", [PREPARED, f"{RUN}/model.pt"]),
+                  "evaluate": ("toy.json", [PREPARED, f"{RUN}/model.pt"])}
+
+
+@pytest.mark.parametrize("stage", sorted(SIGTERM_POINTS))
+def test_sigterm_in_any_stage_unwinds_leaving_no_temp_file_and_the_rerun_completes(reference, tmp_path, monkeypatch,
+                                                                                    capsys, stage):
+    """SLURM pre-emption outside the training loop: SIGTERM arrives while an output is being put in
+    place.  The stage exits 143 naming the signal, the output is absent (not half there), no temp
+    file is left, the previous handler is back, and the same command then completes."""
+    ref, _ = reference
+    project = _project(tmp_path / "project")
+    name, inputs = SIGTERM_POINTS[stage]
+    for path in inputs:
+        (project / path).parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if (ref / path).is_dir() else shutil.copy)(ref / path, project / path)
+    monkeypatch.chdir(project)
+    args, outputs = STAGES[stage]
+
+    def unhandled(*_):  # instead of the default action, which would end pytest itself
+        raise AssertionError(f"drl {stage} did not handle SIGTERM")
+
+    before = signal.signal(signal.SIGTERM, unhandled)
+    try:
+        with monkeypatch.context() as m:
+            _final_writes_raise(signal.SIGTERM, name, m)
+            with pytest.raises(SystemExit) as exc:
+                main(args)
+        assert signal.getsignal(signal.SIGTERM) is unhandled
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert exc.value.code == 143 and f"drl {stage}: stopped by SIGTERM" in capsys.readouterr().err
+    assert not any(Path(o).name == name and (project / o).exists() for o in outputs)
+    assert not _temp_files(project)
+    _check_outputs(project)
+    assert main(args) == 0
+    assert not _temp_files(project)
+    if stage == "train":  # the final write was interrupted after the last checkpoint: the rerun resumed
+        _same_weights(project / RUN / "model.pt", ref / RUN / "model.pt")
+    for out in outputs:
+        if (out.endswith(".npy") or "/metrics/" in out) and (project / out).exists():  # config.json has wall times
+            assert (project / out).read_bytes() == (ref / out).read_bytes(), out
+
+
+def test_divergence_keeps_the_last_good_checkpoint_and_the_metrics_and_tables_record_it(reference, tmp_path,
+                                                                                         monkeypatch, capsys):
+    ref, _ = reference
+    project = _project(tmp_path / "project")
+    for path in (PREPARED, RUN):
+        shutil.copytree(ref / path, project / path)
+    metrics = STAGES["evaluate"][1][0]  # of the run that did not diverge
+    (project / metrics).parent.mkdir(parents=True)
+    shutil.copy(ref / metrics, project / metrics)
+    monkeypatch.chdir(project)
+    run = Path("results/faults/runs/toy_diverge")
+
+    assert main(["train", "--run", "toy_diverge", "--device", "cpu"]) == 0  # the sweep goes on
+    err = capsys.readouterr().err
+    state = torch.load(run / "state.pt", weights_only=False)  # the last good checkpoint is kept
+    model = torch.load(run / "model.pt", weights_only=False)
+    record = model["diverged"]
+    assert "training diverged at iteration" in err and "lower sampler.b" in err and "lower train.lr" in err
+    assert 0 < state["iteration"] == record["last_good_iteration"] == model["iteration"] <= record["iteration"] < ITERS
+    assert record["iteration"] - state["iteration"] < 5  # checkpoint_every
+    assert all(torch.equal(model[k][n], state[k][n]) for k in ("model", "ema") for n in state[k])
+    assert json.loads((run / "config.json").read_text())["diverged"] == record
+
+    assert main(["evaluate", "--run", "toy_diverge", "--device", "cpu"]) == 0
+    metrics = json.loads(Path("results/faults/metrics/toy_diverge.json").read_text())
+    assert metrics["diverged"] == record and metrics["iterations"] == state["iteration"]
+    assert {k: metrics[k] for k in ("kl_nats", "test_ll_nats", "log_z_quadrature")} == dict.fromkeys(
+        ("kl_nats", "test_ll_nats", "log_z_quadrature"))
+    assert main(["table", "--table", "sweep"]) == 0
+    rows = list(csv.DictReader(open("results/faults/sweep.csv")))
+    assert float(rows[0]["kl_nats"]) > 0 and rows[1]["kl_nats"] == "diverged"
+    assert "| diverged |" in Path("results/faults/sweep.md").read_text()
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="finds torchrun's workers through /proc")
+def test_a_dying_torchrun_rank_makes_all_ranks_exit_nonzero_promptly(reference, tmp_path):
+    """SIGKILL to rank 1 mid-training (an OOM kill, a lost node): rank 0 must not hang in its next
+    all_reduce; torchrun stops it and exits non-zero within seconds, and the rerun finishes."""
+    ref, _ = reference
+    project = _project(tmp_path / "project")
+    shutil.copytree(ref / PREPARED, project / PREPARED)
+    (project / "train.py").write_text("import sys\nfrom drl.cli import main\n"
+                                      "sys.exit(main(['train', '--run', 'toy_term', '--device', 'cpu']))\n")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "train.py"]
+    p = subprocess.Popen(cmd, cwd=project, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        _wait_for(p, b"loss=", 120)
+        rank0, rank1 = _rank_pid(p.pid, 0), _rank_pid(p.pid, 1)
+        t0 = time.monotonic()
+        os.kill(rank1, signal.SIGKILL)
+        err = p.communicate(timeout=60)[1].decode()
+        seconds = time.monotonic() - t0
+    finally:
+        if p.poll() is None:
+            for pid in [*_children(p.pid), p.pid]:
+                os.kill(pid, signal.SIGKILL)
+    assert p.returncode != 0 and "exitcode  : -9" in err, err[-3000:]
+    assert not Path(f"/proc/{rank0}").exists() and seconds < 30, seconds
+    assert not (project / "results/faults/runs/toy_term/model.pt").exists()
+    r = subprocess.run(cmd, cwd=project, env=ENV, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr[-3000:]
+    print(f"torchrun exited {p.returncode} {seconds:.1f} s after rank 1 was killed")
+
+
+def test_two_processes_writing_the_same_outputs_do_not_corrupt_them(reference, tmp_path):
+    """Outside any engine's lock (e.g. `drl sample` run by hand beside a workflow): each writer has a
+    temp file of its own and renames it whole, so the outputs are one writer's complete version."""
+    ref, _ = reference
+    project = _project(tmp_path / "project")
+    for path in (PREPARED, RUN):
+        shutil.copytree(ref / path, project / path)
+    (project / RUN / "samples.npy").unlink()
+    args = STAGES["sample"][0]
+    procs = [_drl(args, project, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(3)]
+    for p in procs:
+        assert p.wait(timeout=120) == 0, p.stderr.read().decode()[-2000:]
+    assert not _temp_files(project)
+    assert (project / RUN / "samples.npy").read_bytes() == (ref / RUN / "samples.npy").read_bytes()
+    _load(project / RUN / "samples.png")

@@ -13,17 +13,19 @@ MEASURED, QUOTED = "measured", "quoted from the paper"
 def table_rows(table: dict, metrics_of_run) -> list[dict]:
     """One dict per row of ``table`` (a ``tables`` entry); ``metrics_of_run(run)`` returns that run's
     metrics dict (``select: long_run.<k>`` reads its chains of k steps per level instead).  Columns:
-    section, label, source, run, extractor, then <metric> and <metric>_paper."""
+    section, label, source, run, extractor, then <metric> and <metric>_paper.  A run whose training
+    diverged shows "diverged" in its metric columns."""
     rows = []
     for row in table["rows"]:
         m = metrics_of_run(row["run"]) if "run" in row else {}
+        diverged = bool(m.get("diverged"))
         if "select" in row:
             m = m["long_run"][row["select"].split(".")[1]]
         out = {"section": row.get("section", ""), "label": row["label"],
                "source": MEASURED if "run" in row else QUOTED, "run": row.get("run", ""),
                "extractor": m.get("extractor", "")}
         for col in table["columns"]:
-            out[col] = m.get(col, "")
+            out[col] = "diverged" if diverged else m.get(col, "")
             paper = row.get("paper", {}).get(col)
             out[f"{col}_paper"] = "" if paper is None else paper
         rows.append(out)
