@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -325,11 +326,10 @@ def _rank_pid(agent: int, rank: int, timeout: float = 60) -> int:
     raise AssertionError(f"no worker of rank {rank}")
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="finds torchrun's workers through /proc")
-def test_sigterm_to_one_torchrun_rank_stops_all_ranks_at_one_iteration(reference, tmp_path):
-    """Only rank 1 gets SIGTERM; rank 0 learns it through the per-iteration all_reduce, writes
-    state.pt and both exit non-zero; the same torchrun command then resumes and finishes."""
+@contextmanager
+def _torchrun_training(reference, tmp_path):
+    """Two torchrun processes training `toy_term`, once both are past their first all_reduce (rank 0
+    has logged); yields (project, the torchrun command, its Popen) and kills whatever hangs after."""
     ref, _ = reference
     project = _project(tmp_path / "project")
     shutil.copytree(ref / PREPARED, project / PREPARED)
@@ -339,13 +339,22 @@ def test_sigterm_to_one_torchrun_rank_stops_all_ranks_at_one_iteration(reference
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "train.py"]
     p = subprocess.Popen(cmd, cwd=project, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        _wait_for(p, b"loss=", 120)  # rank 0 has logged, so both ranks are past their first all_reduce
-        os.kill(_rank_pid(p.pid, 1), signal.SIGTERM)
-        err = p.communicate(timeout=30)[1].decode()
+        _wait_for(p, b"loss=", 120)
+        yield project, cmd, p
     finally:
         if p.poll() is None:  # a hang: the workers run in sessions of their own
             for pid in [*_children(p.pid), p.pid]:
                 os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="finds torchrun's workers through /proc")
+def test_sigterm_to_one_torchrun_rank_stops_all_ranks_at_one_iteration(reference, tmp_path):
+    """Only rank 1 gets SIGTERM; rank 0 learns it through the per-iteration all_reduce, writes
+    state.pt and both exit non-zero; the same torchrun command then resumes and finishes."""
+    with _torchrun_training(reference, tmp_path) as (project, cmd, p):
+        os.kill(_rank_pid(p.pid, 1), signal.SIGTERM)
+        err = p.communicate(timeout=30)[1].decode()
     state = torch.load(project / "results/faults/runs/toy_term/state.pt", weights_only=False)
     assert p.returncode != 0 and len(state["generators"]) == 2 and 0 < state["iteration"] < ITERS, err[-3000:]
     assert f"SIGTERM at iteration {state['iteration']} of {ITERS}" in err  # printed by rank 0, never signalled
@@ -452,24 +461,12 @@ def test_divergence_keeps_the_last_good_checkpoint_and_the_metrics_and_tables_re
 def test_a_dying_torchrun_rank_makes_all_ranks_exit_nonzero_promptly(reference, tmp_path):
     """SIGKILL to rank 1 mid-training (an OOM kill, a lost node): rank 0 must not hang in its next
     all_reduce; torchrun stops it and exits non-zero within seconds, and the rerun finishes."""
-    ref, _ = reference
-    project = _project(tmp_path / "project")
-    shutil.copytree(ref / PREPARED, project / PREPARED)
-    (project / "train.py").write_text("import sys\nfrom drl.cli import main\n"
-                                      "sys.exit(main(['train', '--run', 'toy_term', '--device', 'cpu']))\n")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "train.py"]
-    p = subprocess.Popen(cmd, cwd=project, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        _wait_for(p, b"loss=", 120)
+    with _torchrun_training(reference, tmp_path) as (project, cmd, p):
         rank0, rank1 = _rank_pid(p.pid, 0), _rank_pid(p.pid, 1)
         t0 = time.monotonic()
         os.kill(rank1, signal.SIGKILL)
         err = p.communicate(timeout=60)[1].decode()
         seconds = time.monotonic() - t0
-    finally:
-        if p.poll() is None:
-            for pid in [*_children(p.pid), p.pid]:
-                os.kill(pid, signal.SIGKILL)
     assert p.returncode != 0 and "exitcode  : -9" in err, err[-3000:]
     assert not Path(f"/proc/{rank0}").exists() and seconds < 30, seconds
     assert not (project / "results/faults/runs/toy_term/model.pt").exists()
