@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Issue 6's GPU check: correctness of the CUDA paths against CPU float64, training MFU of the paper's
+# CIFAR-10 network (N = 8, B = 256, K = 30) in bf16 and fp32, sampling and FID-feature throughput,
+# projected wall times of the 50k-iteration run and of FID-50k sampling (bench/gpu_check.py).
+#
+#   bench/gpu_check.sh OUT_DIR [--smoke] [--budget-s SECONDS]
+#
+# Needs only the project tree: it uses .venv (made by `make install`, PyPI only, if missing).  Prints a
+# short table last; OUT_DIR gets results.json, summary.md, row.md (a row for bench/RESULTS.md),
+# log.txt and nvidia-smi.txt.  On an H200 it finishes in about 2-5 minutes (hard stop: 470 s, under
+# the 8 minutes asked); without CUDA, or with --smoke, it runs tiny sizes on the CPU (a smoke test).
+set -euo pipefail
+if [ $# -lt 1 ] || [[ $1 == -* ]]; then
+    echo "usage: bench/gpu_check.sh OUT_DIR [--smoke] [--budget-s SECONDS]" >&2
+    exit 2
+fi
+out=$(realpath -m "$1")
+shift
+cd "$(dirname "$0")/.."
+mkdir -p "$out"
+[ -x .venv/bin/python ] || make -s install
+{ command -v nvidia-smi >/dev/null && nvidia-smi; } > "$out/nvidia-smi.txt" 2>&1 || echo "no nvidia-smi" > "$out/nvidia-smi.txt"
+timeout --signal=TERM --kill-after=10 470 .venv/bin/python -m bench.gpu_check "$out" "$@" 2>&1 | tee "$out/log.txt"

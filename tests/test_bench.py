@@ -1,0 +1,178 @@
+"""bench/: the FLOP counts behind MFU (FlopCounterMode on the real code paths = the analytic formulas),
+the latest.json schema and RESULTS.md row of a --quick run, and gpu_check's CPU smoke mode.  No timing
+assertions: the numbers depend on the machine."""
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # bench/ is a folder of the repository, not an installed package
+    sys.path.insert(0, str(ROOT))
+
+from bench import flops  # noqa: E402
+from bench import workloads as W  # noqa: E402
+from bench.variants import perf_schema  # noqa: E402
+from drl.evaluate.partition import estimate_log_z_ais  # noqa: E402
+from drl.hmc import long_run_levels  # noqa: E402
+from drl.sample import progressive_levels  # noqa: E402
+from drl.train import MODEL_KEYS, build_model  # noqa: E402
+
+TRAIN = {"iterations": 1, "batch_size": 3, "lr": 1e-4, "beta1": 0.9, "beta2": 0.999, "eps": 1e-7, "warmup": 1,
+         "ema": 0.9, "seed": 0, "checkpoint_every": 1, "log_every": 1, "max_abs_energy": 1e9}
+WRN = {"kind": "wrn", "resolution": 8, "in_channels": 1, "ch": 4, "ch_mult": [1, 2], "n_blocks": 2, "temb_dim": 8,
+       "head": "temb", "spectral_norm": True}
+MLP = {"kind": "mlp", "dim": 2, "width": 16, "depth": 2, "temb_dim": 8, "activation": "silu", "spectral_norm": True}
+
+
+def cfg_of(net: dict, K: int, top: str = "marginal") -> dict:
+    return {"group": "t", "dataset": "d",
+            "diffusion": {"schedule": "linear_sigma2", "T": 3, "sigma2_min": 0.02, "sigma2_max": 0.3, "top_level": top},
+            "energy": {"parameterisation": "net_over_s2", "net": net},
+            "sampler": {"K": K, "step_size": "paper", "b": 0.1, "noise_scale": 1.0},
+            "objective": {"name": "recovery_likelihood", "loss_weights": "released"},
+            "train": dict(TRAIN), "sample": {"n": 4, "K": K, "noise_scale": 1.0, "seed": 1},
+            "evaluate": {"partition": {"transitions": "ais_hmc", "n_samples": 4, "hmc_steps": 2, "seed": 0}}}
+
+
+@pytest.mark.parametrize("sn", ["per_call", "per_iteration"])
+@pytest.mark.parametrize("net", [WRN, MLP], ids=["wrn", "mlp"])
+@pytest.mark.parametrize("K", [0, 1, 3])
+def test_train_step_flops_counted_equal_analytic(net, K, sn):
+    """FlopCounterMode around drl.train.train (one iteration, less the model build) = passes x per-pass
+    FLOPs from the layers (bench/flops.py), spectral norm (either perf.sn_power_iteration) and K = 0
+    (normal approximation) included; at K = 3 the count is the K = 1, 2 extension bench uses for K = 30."""
+    cfg = cfg_of(net, K, "conditional" if K == 0 else "marginal")
+    if sn == "per_iteration":
+        if perf_schema() is None:
+            pytest.skip("the params schema has no perf section")
+        cfg["perf"] = {"sn_power_iteration": sn}
+    data = W.synthetic_data(cfg, 16)
+    counted, how = W.count_train_flops(cfg, data, "cpu")
+    analytic = flops.train_step(W.net_cost(cfg), TRAIN["batch_size"], K, sn)
+    assert counted == analytic["flops"], (how, analytic["formula"])
+
+
+def test_train_flops_extension_in_K_is_exact():
+    """Counting at K = 1 and 2 and extending linearly gives the count of the K = 3 iteration itself."""
+    cfg = cfg_of(WRN, 3)
+    data = W.synthetic_data(cfg, 16)
+    extended, how = W.count_train_flops(cfg, data, "cpu")
+    assert "linear in K" in how
+    import tempfile
+
+    from drl.train import train
+
+    with tempfile.TemporaryDirectory() as d:
+        total, _ = flops.count(train, cfg, data, d, progress=False)
+    built, _ = flops.count(build_model, {k: cfg[k] for k in MODEL_KEYS})
+    assert extended == total - built
+
+
+def test_sampling_hmc_ais_flops_counted_equal_analytic():
+    torch.manual_seed(0)
+    cfg = cfg_of(WRN, 2, "conditional")
+    ebm = build_model({k: cfg[k] for k in MODEL_KEYS}).eval()
+    c = flops.net_cost(ebm.net)
+    shape, n = (1, 8, 8), 3
+
+    def levels(K, m):
+        it = progressive_levels(ebm, torch.randn(n, *shape), K)
+        for _ in range(m + 1):
+            next(it)
+
+    mode = flops.chain_mode(ebm)   # eval mode: spectral norm once per chain (drl.perf.chain_weights)
+    for K in (0, 2):
+        assert flops.count(levels, K, 2)[0] == flops.sample_levels(c, n, K, 2, mode)["flops"]
+
+    def chains(k):
+        it = long_run_levels(ebm, n, shape, k, [0.01] * ebm.T, 2, progress=False)
+        for _ in range(3):
+            next(it)
+
+    for k in (1, 3):
+        assert flops.count(chains, k)[0] == flops.long_run_levels(c, n, k, 2, 2, mode)["flops"]
+    counted, _ = flops.count(estimate_log_z_ais, ebm, n, shape, 2, 2, step_size=0.01, batch_size=n, progress=False)
+    assert counted == flops.ais(c, n, ebm.T, 2, 2, mode)["flops"]
+
+
+def test_analytic_paper_network_is_about_66_passes_per_example():
+    """The issue's arithmetic: CIFAR-10 N = 8 at K = 30 costs ~(2K + 6) forward passes per example, and
+    the paper's run (50k iterations of 256) about 9 EFLOP."""
+    import yaml
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    cfg = copy.deepcopy(params["runs"]["cifar10_t6_k30"])
+    with torch.device("meta"):
+        c = W.net_cost(cfg)
+    step = flops.train_step(c, 256, 30)
+    assert 64 < step["passes"] < 66.5
+    assert 1.0e10 < c.fwd < 1.25e10   # ~5.6 G multiply-adds a forward pass of one 32x32 image
+    assert 8e18 < 50_000 * step["flops"] < 10e18
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    from bench.run import main
+
+    out = tmp_path_factory.mktemp("bench")
+    argv = ["--quick", "--workloads", "toy_mlp,fid_classifier", "--variants", "as_given", "--out", str(out),
+            "--params", str(ROOT / "params.yaml")]
+    first = main(argv)
+    main(argv + ["--no-record"])
+    return out, first
+
+
+def test_quick_run_latest_json_schema(quick_run):
+    out, result = quick_run
+    latest = json.loads((out / "latest.json").read_text())
+    assert latest["schema"] == 1 and latest["mode"] == "quick" and latest["machine"]["cores"] >= 1
+    c = latest["ceiling"]
+    assert c["best"] >= max(c["start"], c["end"]) > 0
+    toy = latest["workloads"]["toy_mlp"]
+    for kind in ("train_step", "sample", "ais"):
+        r = toy[kind]
+        assert r["flops"] == r["flops_analytic"] > 0
+        assert r["seconds"] > 0 and r["mfu"] > 0 and r["mfu"] == pytest.approx(r["flops_per_s"] / c["best"])
+        assert np.isfinite(r["images_per_s"]) and r["images_per_s"] > 0
+    assert toy["train_step"]["images_per_s"] == pytest.approx(toy["train_step"]["B"] / toy["train_step"]["seconds"])
+    assert toy["sample"]["projected"]   # --quick runs K = 2 of the run's 30 steps
+    assert latest["fid"]["fid_classifier"]["mfu"] > 0
+    assert result["workloads"].keys() == latest["workloads"].keys()
+
+
+def test_quick_run_appends_one_row_per_run(quick_run):
+    from bench.record import HEADER, MARKER
+
+    out, _ = quick_run
+    lines = (out / "RESULTS.md").read_text().splitlines()
+    table = lines[lines.index(MARKER) + 2:]
+    assert table[:2] == HEADER.splitlines()
+    rows = [line for line in table[2:] if line.startswith("|")]
+    assert len(rows) == 1   # the --no-record run added none
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    assert len(cells) == len(HEADER.splitlines()[0].strip("|").split("|"))
+    assert cells[2].startswith("quick, as_given (") and cells[5] == "— · — · —"   # no CIFAR workloads in this run
+
+
+def test_gpu_check_smoke_on_cpu(tmp_path):
+    out = tmp_path / "gpu"
+    proc = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh"), str(out), "--smoke", "--no-variants", "--budget-s", "120"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads((out / "results.json").read_text())
+    assert res["scale"] == "smoke" and not res["errors"] and not res["skipped"]
+    chk = res["steps"]["correctness"]
+    assert set(chk) == {"fp32-strict", "fp32", "bf16"} and all(m["ok"] for m in chk.values())
+    assert {"train_bf16", "train_fp32", "sample_bf16", "sample_fp32", "fid_inception"} <= set(res["summary"])
+    assert res["summary"]["train_bf16"]["paper_run_hours"] > 0
+    assert (out / "summary.md").read_text() in proc.stdout   # the table is printed last
+    assert proc.stdout.rstrip().endswith("FID-50k sampling <= 10 min.")
+    assert (out / "row.md").read_text().startswith("| ") and (out / "log.txt").exists()
