@@ -173,7 +173,8 @@ def test_two_processes_match_one_on_the_same_global_batch(ddp_out, data, tmp_pat
 def test_torchrun_cli_writes_one_model_and_a_stopped_run_resumes_bitwise(ddp_out):
     group = yaml.safe_load((ddp_out / "project" / "params.yaml").read_text())["runs"][RUN]["group"]
     run_dir = ddp_out / "project" / "results" / group / "runs" / RUN
-    assert sorted(p.name for p in run_dir.iterdir()) == ["config.json", "model.pt", "train_log.csv"]
+    # (and drl train's lock file, .lock)
+    assert sorted(p.name for p in run_dir.iterdir() if p.name != ".lock") == ["config.json", "model.pt", "train_log.csv"]
     full = torch.load(run_dir / "model.pt", weights_only=False)
     resumed = torch.load(ddp_out / "resumed" / "model.pt", weights_only=False)
     assert full["iteration"] == 20 and len(full["log"]) == 4
