@@ -30,6 +30,7 @@ import torch
 from bench import flops
 from bench.timing import median_time, summary
 from bench.variants import for_counting, prepare_for_sampling, sampling_supported
+from drl.cli import sample_shape  # one example's model-space shape, as the stages use it
 from drl.train import MODEL_KEYS, build_model, train
 
 
@@ -103,13 +104,6 @@ def run_config(params: dict, w: Workload) -> dict:
     cfg = copy.deepcopy(params["runs"][w.run])
     cfg["energy"]["net"].update(w.net)
     return cfg
-
-
-def sample_shape(net: dict) -> tuple:
-    """One example's model-space shape (as drl.cli._sample_shape)."""
-    if net["kind"] == "mlp":
-        return tuple(net.get("in_shape", [net.get("dim", 2)]))
-    return (net.get("in_channels", 3), net["resolution"], net["resolution"])
 
 
 def synthetic_data(cfg: dict, n: int, seed: int = 0) -> np.ndarray:

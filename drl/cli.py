@@ -84,7 +84,7 @@ def _device(args) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _sample_shape(net: dict) -> tuple:
+def sample_shape(net: dict) -> tuple:
     """One example's shape in model space, from the network's stored arguments."""
     if net["kind"] == "mlp":
         return tuple(net.get("in_shape", [net.get("dim", 2)]))
@@ -102,7 +102,7 @@ def cmd_sample(params: dict, args) -> None:
     s = cfg["sample"]
     device = _device(args)
     ebm, _ = _model(cfg, args.run, device)
-    shape = _sample_shape(cfg["energy"]["net"])
+    shape = sample_shape(cfg["energy"]["net"])
     per_sample = s.get("seeding", "per_sample") == "per_sample"
     gen = None if per_sample else torch.Generator(device=device).manual_seed(s["seed"])
     batch = s.get("batch_size", s["n"])
@@ -213,7 +213,7 @@ def cmd_long_run(params: dict, args) -> None:
         raise ParamsError(f"runs.{args.run}.long_run is not set in {args.params}")
     device = _device(args)
     ebm, _ = _model(cfg, args.run, device)
-    chains = long_run_chains(ebm, cfg["long_run"], _sample_shape(cfg["energy"]["net"]), device)
+    chains = long_run_chains(ebm, cfg["long_run"], sample_shape(cfg["energy"]["net"]), device)
     np_savez(paths.long_run_file(cfg["group"], args.run), chains)
     write_text(paths.hmc_steps_file(cfg["group"], args.run), hmc_steps_csv(chains))
 
@@ -302,7 +302,7 @@ def _interpolations(cfg: dict, ebm, fig_cfg: dict) -> list[np.ndarray]:
     from drl.interpolate import interpolate_seeds
 
     s, seed = cfg["sample"], fig_cfg.get("seed", 0)
-    shape = _sample_shape(cfg["energy"]["net"])
+    shape = sample_shape(cfg["energy"]["net"])
     return [to_uint8(interpolate_seeds(ebm, shape, s["K"], (seed + 2 * i, seed + 2 * i + 1), fig_cfg.get("points", 8),
                                        s["noise_scale"]))
             for i in range(fig_cfg.get("rows", 4))]
