@@ -14,8 +14,8 @@ MARKER = "<!-- bench/run.py appends one row per run and variant below this line 
 HEADER = ("| date (UTC) | machine | mode, variant | load 1-min (start → end) | ceiling GFLOP/s (start / end / best) "
           "| train MFU: C10 N=2 · N=5 · N=8 | train MFU: toy · digits WRN · digits MLP "
           "| sample MFU: C10 N=8 · toy · digits WRN · digits MLP | eval MFU: HMC · AIS · Inception · classifier "
-          "| C10 N=8 train s/iter (B, K) | wall s |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|")
+          "| C10 N=8 train s/iter (B, K) | C10 N=2 B=16: train MFU, s/iter (TF2: 38.6) | wall s |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def _cpu_model() -> str:
@@ -119,6 +119,8 @@ def row(result: dict, variant: str) -> str:
         " · ".join([_fmt(g("digits_mlp", "hmc")), _fmt(g("toy_mlp", "ais")),
                     _fmt(fid("fid_inception")), _fmt(fid("fid_classifier"))]),
         "—" if ts is None else f"{ts:.2f} ({n8['B']}, {n8['K']})",
+        "—" if g("cifar10_n2_b16", "train_step") is None else
+        f"{g('cifar10_n2_b16', 'train_step'):.2f}, {g('cifar10_n2_b16', 'train_step', 'seconds'):.1f}",
         f"{result['wall_seconds']:.0f}",
     ]
     return "| " + " | ".join(cells) + " |"
