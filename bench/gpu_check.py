@@ -21,10 +21,14 @@ Order: ceilings, correctness, training (as given: bf16, fp32), sampling, FID fea
 essentials, written out before anything compiles -- then, where the params schema has a ``perf``
 section (bench/variants.py), the optimised path: its correctness (mode ``fp32+perf``, against a
 float64 reference with the same function-changing switches) and its training MFU (--no-variants
-skips them).
+skips them); last, with more than one GPU visible, DDP weak scaling over 1, 2, 4, ... GPUs
+(bench/ddp_scaling.py: a few bf16 iterations of the paper's CIFAR-10 N = 2 network at 128 images
+per GPU, each count in a torchrun launch of its own; counts that no longer fit the budget are
+skipped).  With one GPU it records "1 GPU: DDP scaling not measurable".
 
 Without CUDA, or with --smoke, the same steps run on the CPU at tiny sizes (a smoke test of the
-script itself; its numbers mean nothing about a GPU).  Time: --budget-s (default 420 s) is checked
+script itself; its numbers mean nothing about a GPU); the DDP step then runs the toy MLP on 1 and 2
+CPU processes.  Time: --budget-s (default 420 s) is checked
 before each step; a step that would not fit is skipped and says so; SIGTERM (the shell script's hard
 limit) stops the running step and still prints the table.
 """
@@ -42,7 +46,7 @@ from pathlib import Path
 import torch
 
 from bench import ceiling as ceil
-from bench import flops, record
+from bench import ddp_scaling, flops, record
 from bench.features import measure_features
 from bench.variants import FUNCTION_CHANGING, apply, prepare_for_sampling, variants
 from bench.workloads import measure_sample, measure_train, net_cost, sample_shape
@@ -60,15 +64,23 @@ NOMINAL_PEAK = {"H200": {"bf16": 989.4e12, "fp32": 494.7e12}, "H100 80GB HBM3": 
 PAPER_ITERATIONS = 50_000
 FID_SAMPLES = 50_000
 
-# What runs at each scale: the paper's CIFAR-10 run on CUDA, a tiny WRN in smoke mode.
+# What runs at each scale: the paper's CIFAR-10 run on CUDA, a tiny WRN in smoke mode.  ddp: the
+# arguments of bench.ddp_scaling.measure (procs None: 1, 2, 4, ... up to the GPUs) and the seconds
+# the step needs to start (its first two launches).
 SCALES = {
     "cuda": {"run": "cifar10_t6_k30", "net": {}, "train": (256, 30), "train_reps": (2, 3),
-             "check": {"B": 2, "K": 3}, "sample": (1000, 1, 30), "ceiling": "cuda", "fid": (2000, 500)},
+             "check": {"B": 2, "K": 3}, "sample": (1000, 1, 30), "ceiling": "cuda", "fid": (2000, 500),
+             "ddp": {"workload": "cifar10_n2", "device": "cuda", "procs": None, "quick": False, "precision": "bf16",
+                     "batch": 128, "warmup": 3, "reps": 5, "need_s": 60}},
     "smoke": {"run": "cifar10_t6_k30", "net": {"resolution": 8, "ch": 8, "ch_mult": [1, 2], "n_blocks": 1,
                                               "temb_dim": 16},
               "train": (4, 2), "train_reps": (1, 2), "check": {"B": 2, "K": 3}, "sample": (4, 1, 2),
-              "ceiling": "quick", "fid": (2, 2)},
+              "ceiling": "quick", "fid": (2, 2),
+              "ddp": {"workload": "toy_mlp", "device": "cpu", "procs": [1, 2], "quick": True, "precision": None,
+                      "batch": None, "warmup": None, "reps": None, "need_s": 30}},
 }
+# Seconds kept for the table and files after the DDP step.
+DDP_MARGIN_S = 10
 
 
 class Budget:
@@ -249,10 +261,27 @@ def main(argv: list[str] | None = None) -> dict:
         step(f"correctness@{variant}", 90, lambda perf=perf: correctness(cfg, device, **S["check"], perf=perf))
         train(variant, "bf16", 120)
         train(variant, "fp32", 120)
+    D = dict(S["ddp"])
+    need_s = D.pop("need_s")
+    one_gpu = D["device"] == "cuda" and torch.cuda.device_count() < 2   # recorded at once, nothing runs
+    step("ddp_scaling", 0 if one_gpu else need_s,
+         lambda: ddp(D, out_dir, args.params, budget.left() - DDP_MARGIN_S))
     save()
     table = finish(res, out_dir, cfg)
     print("\n" + table, flush=True)
     return res
+
+
+def ddp(D: dict, out_dir: Path, params: str, seconds: float) -> dict:
+    """DDP weak scaling (bench/ddp_scaling.py, which writes OUT_DIR/ddp_scaling.json) within ``seconds``."""
+    if D["device"] == "cuda":
+        torch.cuda.empty_cache()   # the workers share GPU 0 with this process's cached memory
+    r = ddp_scaling.measure(D["workload"], D["procs"], D["device"], out_dir, D["quick"], params, "as_given",
+                            D["precision"], D["batch"], None, D["warmup"], D["reps"], timeout_s=seconds,
+                            budget_s=seconds, log=lambda *a: print("[ddp_scaling]", *a, flush=True))
+    if not r["measurable"]:
+        print(f"[ddp_scaling] {r['reason']}", flush=True)
+    return r
 
 
 # MFU against the measured ceiling of each precision (and the data-sheet peak), and projections:
@@ -319,6 +348,17 @@ def _table(res: dict, best: dict, nominal: dict | None) -> str:
                 f"FID-50k features {r['fid50k_features_minutes']:.2f} min" if "fid50k_features_minutes" in r else "")
         lines.append(f"| {name} | {r['seconds']:.3g} | {r['images_per_s']:.4g} | {r['flops_per_s'] / 1e12:.3g} | "
                      f"{_f(r['mfu'], '.2f')} | {_f(r['mfu_nominal'], '.2f')} | {proj} |")
+    d = res["steps"].get("ddp_scaling")
+    if d:
+        lines += ["", f"DDP weak scaling: {d['workload']}, {d['per_process_batch']} images per process, K = {d['K']}, "
+                      f"{d['precision']}, {d['device']}"]
+        if d["measurable"] or d["results"]:
+            lines += ["", "| processes | s/iter | img/s | efficiency |", "|---|---|---|---|"]
+            lines += [f"| {r['procs']} | {r['seconds']:.3g} | {r['images_per_s']:.4g} | {r['efficiency']:.2f} |"
+                      for r in d["results"]]
+            lines += [f"| {n} | skipped: {why} | | |" for n, why in d["skipped"].items()]
+        if not d["measurable"]:
+            lines.append(d["reason"])
     for k, v in {**res["skipped"], **res["errors"]}.items():
         lines.append(f"\n{k}: {v}")
     lines.append("\nGoals (issue 6): bf16 MFU >= 0.40, paper run <= 8 h, FID-50k sampling <= 10 min.")
@@ -331,6 +371,9 @@ def _row(res: dict) -> str:
     g = lambda k, f: s.get(k, {}).get(f)  # noqa: E731
     chk = _checks(res)
     opt = lambda k: "" if g(k + "@optimised", "mfu") is None else f" (optimised {g(k + '@optimised', 'mfu'):.2f})"  # noqa: E731
+    d = res["steps"].get("ddp_scaling")
+    ddp_cell = ("—" if d is None else " · ".join(f"{r['procs']}: {r['efficiency']:.2f}" for r in d["results"][1:])
+                if d["measurable"] else d["reason"])
     return "| " + " | ".join([
         res["date"][:16].replace("T", " "), res["machine"]["text"], res["scale"],
         " · ".join(f"{m}: {'ok' if c['ok'] else 'FAIL'}" for m, c in chk.items()) or "—",
@@ -339,7 +382,7 @@ def _row(res: dict) -> str:
         f"{_f(g('train_bf16', 'paper_run_hours'), '.1f')} / {_f(g('train_fp32', 'paper_run_hours'), '.1f')}",
         f"{_f(g('sample_bf16', 'images_per_s'), '.0f')} / {_f(g('sample_fp32', 'images_per_s'), '.0f')}",
         f"{_f(g('sample_bf16', 'fid50k_sampling_minutes'), '.1f')} / {_f(g('sample_fp32', 'fid50k_sampling_minutes'), '.1f')}",
-        f"{_f(g('fid_inception', 'images_per_s'), '.0f')}",
+        f"{_f(g('fid_inception', 'images_per_s'), '.0f')}", ddp_cell,
         f"{res['elapsed_s']:.0f}"]) + " |"
 
 

@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Issue 6's GPU check: correctness of the CUDA paths against CPU float64, training MFU of the paper's
 # CIFAR-10 network (N = 8, B = 256, K = 30) in bf16 and fp32, sampling and FID-feature throughput,
-# projected wall times of the 50k-iteration run and of FID-50k sampling (bench/gpu_check.py).
+# projected wall times of the 50k-iteration run and of FID-50k sampling, and last, with more than one
+# GPU visible, DDP weak scaling over 1, 2, 4, ... GPUs (bench/ddp_scaling.py, within what is left of
+# the budget; one GPU: "1 GPU: DDP scaling not measurable") (bench/gpu_check.py).
 #
 #   bench/gpu_check.sh OUT_DIR [--smoke] [--budget-s SECONDS]
 #
 # Needs only the project tree: it uses .venv (made by `make install`, PyPI only, if missing).  Prints a
 # short table last; OUT_DIR gets results.json, summary.md, row.md (a row for bench/RESULTS.md),
-# log.txt and nvidia-smi.txt.  On an H200 it finishes in about 2-5 minutes (hard stop: 470 s, under
-# the 8 minutes asked); without CUDA, or with --smoke, it runs tiny sizes on the CPU (a smoke test).
+# ddp_scaling.json, log.txt and nvidia-smi.txt.  On an H200 it finishes in about 2-5 minutes (hard
+# stop: 470 s, under the 8 minutes asked); without CUDA, or with --smoke, it runs tiny sizes on the
+# CPU (a smoke test; its DDP step: the toy MLP on 1 and 2 CPU processes).
 set -euo pipefail
 if [ $# -lt 1 ] || [[ $1 == -* ]]; then
     echo "usage: bench/gpu_check.sh OUT_DIR [--smoke] [--budget-s SECONDS]" >&2

@@ -1,11 +1,14 @@
 """bench/: the FLOP counts behind MFU (FlopCounterMode on the real code paths = the analytic formulas),
-the latest.json schema and RESULTS.md row of a --quick run, and gpu_check's CPU smoke mode.  No timing
+the latest.json schema and RESULTS.md row of a --quick run, gpu_check's CPU smoke mode, and DDP weak
+scaling (bench/ddp_scaling.py) on 1 and 2 CPU processes with its failure paths.  No timing
 assertions: the numbers depend on the machine."""
 from __future__ import annotations
 
 import copy
 import json
+import re
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -176,3 +179,99 @@ def test_gpu_check_smoke_on_cpu(tmp_path):
     assert (out / "summary.md").read_text() in proc.stdout   # the table is printed last
     assert proc.stdout.rstrip().endswith("FID-50k sampling <= 10 min.")
     assert (out / "row.md").read_text().startswith("| ") and (out / "log.txt").exists()
+    ddp = res["steps"]["ddp_scaling"]   # the DDP step: the toy MLP on 1 and 2 CPU processes
+    assert ddp["measurable"] and [r["procs"] for r in ddp["results"]] == [1, 2]
+    assert json.loads((out / "ddp_scaling.json").read_text())["results"] == ddp["results"]
+    assert "DDP weak scaling: toy_mlp" in proc.stdout
+
+
+def test_ddp_scaling_quick_on_one_and_two_cpu_processes(tmp_path, capsys):
+    """Weak scaling through torchrun: each count's global batch is n x the per-process batch, n = 1 is
+    the efficiency's baseline, and on CPU each process gets cores // n threads."""
+    from bench.ddp_scaling import main
+
+    returned = main(["--quick", "--workload", "toy_mlp", "--procs", "1,2", "--device", "cpu",
+                     "--out", str(tmp_path)])
+    res = json.loads((tmp_path / "ddp_scaling.json").read_text())
+    assert res["results"] == json.loads(json.dumps(returned["results"]))
+    assert res["measurable"] and res["scaling"] == "weak" and res["workload"] == "toy_mlp" and res["scale"] == "quick"
+    assert res["machine"]["cores"] >= 1 and "perf" in res
+    assert res["per_process_batch"] == W.WORKLOADS["toy_mlp"].scales["quick"].train[0]
+    one, two = res["results"]
+    assert (one["procs"], two["procs"]) == (1, 2)
+    assert one["global_batch"] == res["per_process_batch"] and two["global_batch"] == 2 * one["global_batch"]
+    assert one["efficiency"] == one["efficiency_per_core"] == 1.0
+    assert two["efficiency"] == pytest.approx(two["images_per_s"] / (2 * one["images_per_s"]))
+    for r in (one, two):
+        assert r["images_per_s"] > 0 and r["images_per_s"] == pytest.approx(r["global_batch"] / r["seconds"])
+        assert r["threads_per_proc"] == max(1, res["cores"] // r["procs"])
+        assert r["timing"]["reps"] == res["reps"] and len(r["warmup_seconds"]) == res["warmup"]
+    assert not list(tmp_path.glob(".*.tmp"))   # written through a temp file and os.replace
+    out = capsys.readouterr().out
+    assert "shared cores" in out and "efficiency" in out
+
+
+def test_ddp_scaling_failed_launch_exits_non_zero_with_the_workers_error(tmp_path, capsys):
+    """A worker that raises (here: training diverges at once) fails the torchrun launch; the command
+    exits 1 naming the launch and quoting the worker's error."""
+    import yaml
+
+    from bench.ddp_scaling import main
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["runs"]["toy_checkerboard_drl"]["train"] = {**params["runs"]["toy_checkerboard_drl"]["train"],
+                                                       "max_abs_energy": 1e-12}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(SystemExit) as exc:
+        main(["--quick", "--workload", "toy_mlp", "--procs", "1,2", "--out", str(tmp_path / "out"),
+              "--params", str(tmp_path / "params.yaml")])
+    assert exc.value.code == 1
+    err = capsys.readouterr().err
+    assert "torchrun with 1 process(es) failed" in err and "training diverged at iteration 0" in err
+
+
+def _processes_with(text: str) -> list[int]:
+    pids = []
+    for p in Path("/proc").iterdir():
+        try:
+            if p.name.isdigit() and text in (p / "cmdline").read_bytes().decode(errors="replace"):
+                pids.append(int(p.name))
+        except OSError:
+            pass
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="finds the workers through /proc")
+def test_ddp_scaling_timeout_kills_torchrun_and_its_workers(tmp_path):
+    from bench.ddp_scaling import LaunchError, measure
+
+    with pytest.raises(LaunchError, match="ran past its limit of 5 s") as exc:
+        measure("toy_mlp", [2, 4], "cpu", tmp_path, quick=True, reps=10**6, timeout_s=5, log=lambda *a: None)
+    spec = re.search(r"--worker (\S+)", str(exc.value)).group(1)
+    deadline = time.time() + 10
+    while _processes_with(spec) and time.time() < deadline:   # SIGKILLed: gone once reaped
+        time.sleep(0.2)
+    assert not _processes_with(spec)
+
+
+def test_ddp_scaling_bad_requests_and_one_process_count(tmp_path, capsys, monkeypatch):
+    """Bad process counts and a missing CUDA stop with a message before any launch; one process count,
+    or one GPU, records that scaling is not measurable (no launch, no made-up numbers)."""
+    from bench import ddp_scaling as D
+
+    for procs in ("0,1", "1,two"):
+        with pytest.raises(SystemExit, match="--procs"):
+            D.main(["--procs", procs, "--out", str(tmp_path)])
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit) as exc:
+            D.main(["--device", "cuda", "--out", str(tmp_path)])
+        assert exc.value.code == 1 and "CUDA is not available" in capsys.readouterr().err
+    r = D.main(["--quick", "--workload", "toy_mlp", "--procs", "1", "--out", str(tmp_path)])
+    assert not r["measurable"] and not r["results"] and "only one process count" in r["reason"]
+    assert json.loads((tmp_path / "ddp_scaling.json").read_text())["reason"] == r["reason"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "one GPU")
+    monkeypatch.setattr(D.record, "machine", lambda device: {"text": "a one-GPU machine"})
+    r = D.measure("cifar10_n2", None, "cuda", tmp_path)
+    assert not r["measurable"] and r["procs"] == [1] and r["reason"] == "1 GPU: DDP scaling not measurable"
