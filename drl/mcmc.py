@@ -39,7 +39,7 @@ def langevin(ebm: ConditionalEBM, x_next: torch.Tensor, t: torch.Tensor, K: int,
         def step() -> None:
             # the update above in place, each operation as written there (the result is the same bitwise)
             drift = x_next - y
-            drift.mul_(inv_var).add_(score(y, t, ctx)).mul_(half_d2)
+            drift.mul_(inv_var).add_(score(y, t, ctx)[1]).mul_(half_d2)
             y.add_(drift).add_(eps.mul_(d_noise))
 
         perf.run_steps(step, draw, K, perf.CudaGraph() if ebm.perf.cuda_graphs else None)

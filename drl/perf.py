@@ -2,7 +2,7 @@
 
 * ``sn_power_iteration``: ``per_call`` (released code) or ``per_iteration``; see ``fixed_weights``.
 * ``channels_last``: the network's 4-D weights (convolutions) in channels-last memory format.
-* ``compile``: the Langevin chain's score by ``torch.compile`` (``chain_score``).
+* ``compile``: the energy and score of MCMC chains (Langevin, HMC, AIS) by ``torch.compile`` (``chain_score``).
 * ``cuda_graphs``: the Langevin step captured once per chain in a CUDA graph and replayed
   (``CudaGraph``, ``run_steps``); CUDA only.
 
@@ -108,15 +108,21 @@ def chain_weights(ebm: nn.Module):
         yield
 
 
-def _energy_sum(ebm: nn.Module, params: dict, y: torch.Tensor, t: torch.Tensor, ctx) -> torch.Tensor:
-    return torch.func.functional_call(ebm, params, (y, t), {"ctx": ctx}).sum()
+def _energy_sum(ebm: nn.Module, params: dict, y: torch.Tensor, t: torch.Tensor, ctx):
+    f = torch.func.functional_call(ebm, params, (y, t), {"ctx": ctx})
+    return f.sum(), f
 
 
 @cache
-def _compiled_grad_y() -> Callable:
-    """grad_y sum_i f(y_i, t_i) as one compiled forward-and-backward graph (the parameters are inputs
-    that need no gradient, so the backward computes the input gradient only)."""
-    return torch.compile(torch.func.grad(_energy_sum, argnums=2), dynamic=False)
+def _compiled_score() -> Callable:
+    """(grad_y sum_i f(y_i, t_i), (sum, f)) as one compiled forward-and-backward graph (the parameters
+    are inputs that need no gradient, so the backward computes the input gradient only)."""
+    return torch.compile(torch.func.grad_and_value(_energy_sum, argnums=2, has_aux=True), dynamic=False)
+
+
+def _compiled_f_and_grad(ebm: nn.Module, params: dict, y: torch.Tensor, t: torch.Tensor, ctx):
+    grad, (_, f) = _compiled_score()(ebm, params, y, t, ctx)
+    return f, grad
 
 
 @contextmanager
@@ -134,23 +140,29 @@ def _frozen_parametrizations(module: nn.Module):
             p.train(mode)
 
 
-# The score grad_y f(y, t) of a Langevin chain: ``ConditionalEBM.score`` (eager), or under
-# ``perf.compile`` the same gradient from the compiled graph of ``_compiled_grad_y``, given the
-# parameters detached and the spectral norms frozen, i.e. the weights ``fixed_weights`` computes.
+# The energy and score (f(y, t), grad_y f(y, t)) of an MCMC chain (Langevin, HMC):
+# ``ConditionalEBM.score`` (eager), or under ``perf.compile`` the same values from the compiled graph
+# of ``_compiled_score``, given the parameters detached and the spectral norms frozen, i.e. the
+# weights ``fixed_weights`` computes.
 @contextmanager
 def chain_score(ebm: nn.Module):
-    """Yield score(y, t, ctx) -> grad_y f(y, t) for one chain, inside ``chain_weights``."""
+    """Yield score(y, t, ctx) -> (f(y, t), grad_y f(y, t)) for one chain, inside ``chain_weights``;
+    f carries no autograd graph."""
     with chain_weights(ebm):
         if not ebm.perf.compile:
-            yield lambda y, t, ctx: ebm.score(y, t, ctx=ctx)[1]
+            def eager(y, t, ctx):
+                f, grad = ebm.score(y, t, ctx=ctx)
+                return f.detach(), grad
+
+            yield eager
             return
         if not _weights_fixed_in_chain(ebm) and _parametrized(ebm):
             raise ValueError("perf.compile with spectral norm needs perf.sn_power_iteration: per_iteration for "
                              "training: the compiled score takes the weights fixed through a chain, per_call "
                              "changes them at every step")
-        params, grad_y = {name: p.detach() for name, p in ebm.named_parameters()}, _compiled_grad_y()
+        params = {name: p.detach() for name, p in ebm.named_parameters()}
         with _frozen_parametrizations(ebm), torch.no_grad():
-            yield lambda y, t, ctx: grad_y(ebm, params, y, t, ctx)
+            yield lambda y, t, ctx: _compiled_f_and_grad(ebm, params, y, t, ctx)
 
 
 class CudaGraph:

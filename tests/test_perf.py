@@ -200,6 +200,33 @@ def test_compiled_chain_matches_the_eager_chain(net):
         langevin(ebm, x, t, 2)
 
 
+@pytest.mark.parametrize("net", ["mlp", "wrn"])
+def test_compiled_hmc_and_ais_match_eager(net):
+    """HMC (eq. 16 with its tether) and AIS transitions through the compiled energy and score, eval
+    mode: the same acceptances and states as eager to 1e-5 (the Metropolis test sees f to rounding),
+    and the compiled chain's f equals the eager energy."""
+    from drl.hmc import ais_levels, hmc
+
+    torch.manual_seed(0)
+    ebm = build_model(_cfg(net)).eval()
+    x, t = _chain_inputs(ebm)
+    eager, comp = copy.deepcopy(ebm), copy.deepcopy(ebm)
+    comp.perf = perf.Perf(compile=True)
+    y0 = x + 0.1 * torch.randn(x.shape, generator=torch.Generator().manual_seed(2))
+    runs = [hmc(m, y0, x, t, 0.05, 3, generator=torch.Generator().manual_seed(1)) for m in (eager, comp)]
+    torch.testing.assert_close(runs[1][1], runs[0][1], rtol=0, atol=1e-5)   # acceptance probabilities
+    torch.testing.assert_close(runs[1][0], runs[0][0], rtol=0, atol=1e-5)
+    assert 0 < runs[0][1].mean() < 1   # some proposals accepted, some not: the test sees the energies
+    ais = [list(ais_levels(m, 8, tuple(x.shape[1:]), 2, [0.05] * ebm.T, generator=torch.Generator().manual_seed(3)))
+           for m in (eager, comp)]
+    for (xe, re), (xc, rc) in zip(*ais):
+        torch.testing.assert_close(xc, xe, rtol=0, atol=1e-5)
+        torch.testing.assert_close(rc, re, rtol=0, atol=1e-5, equal_nan=True)
+    with perf.chain_score(comp) as score:
+        f, _ = score(x, t, comp.time_context(t))
+    torch.testing.assert_close(f, eager(x, t).detach(), rtol=1e-5, atol=1e-5)
+
+
 # -- cuda_graphs ----------------------------------------------------------------------------------
 
 class _Recorder(TorchDispatchMode):
