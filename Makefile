@@ -9,7 +9,7 @@ CORES ?= all
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install demo test test-all clean-demo
+.PHONY: install demo test test-all clean-demo gpu-wheels
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,3 +38,15 @@ clean-demo:
 .PHONY: bench
 bench: $(STAMP)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# make gpu-wheels: the packages bench/gpu_check.sh needs that a GPU machine's own PyTorch image may lack
+# (jsonschema and its dependencies, torch-fidelity), as wheels for its Python (3.12, x86-64 Linux) in
+# .whl/, at the versions this project is tested with; gpu_check.sh installs them when it finds .whl/.
+GPU_PY ?= 3.12
+GPU_WHEELS ?= jsonschema==4.26.0 jsonschema-specifications==2025.9.1 referencing==0.37.0 rpds-py==2026.9.1 \
+	torch-fidelity==0.4.0
+gpu-wheels: $(STAMP)
+	$(BIN)/python -m pip download -q --no-deps --only-binary=:all: --python-version $(GPU_PY) --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+		-d .whl $(GPU_WHEELS)
+	@ls .whl

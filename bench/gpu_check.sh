@@ -7,8 +7,11 @@
 #
 #   bench/gpu_check.sh OUT_DIR [--smoke] [--budget-s SECONDS]
 #
-# Needs only the project tree: it uses .venv (made by `make install`, PyPI only, if missing).  Prints a
-# short table last; OUT_DIR gets results.json, summary.md, row.md (a row for bench/RESULTS.md),
+# Needs only the project tree.  Python: $PYTHON if set, else .venv/bin/python if it runs, else python3 (a
+# GPU machine's own PyTorch).  Packages that interpreter lacks can come as wheels in .whl/ (made by
+# `make gpu-wheels` on a machine with PyPI; git-ignored, carried to the GPU machine): they are installed
+# into a temporary folder first (not OUT_DIR, which should hold the results alone).  A pre-flight import names what is still missing before anything runs.
+# Prints a short table last; OUT_DIR gets results.json, summary.md, row.md (a row for bench/RESULTS.md),
 # ddp_scaling.json, log.txt and nvidia-smi.txt.  On an H200 it finishes in about 2-5 minutes (hard
 # stop: 470 s, under the 8 minutes asked); without CUDA, or with --smoke, it runs tiny sizes on the
 # CPU (a smoke test; its DDP step: the toy MLP on 1 and 2 CPU processes).
@@ -21,6 +24,20 @@ out=$(realpath -m "$1")
 shift
 cd "$(dirname "$0")/.."
 mkdir -p "$out"
-[ -x .venv/bin/python ] || make -s install
+py=${PYTHON:-}
+if [ -z "$py" ]; then
+    if .venv/bin/python -c "import torch" >/dev/null 2>&1; then py=.venv/bin/python; else py=python3; fi
+fi
+if compgen -G ".whl/*.whl" >/dev/null; then
+    site=$(mktemp -d)
+    "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" .whl/*.whl
+    export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+if ! "$py" -c "import torch, yaml, tqdm, scipy, PIL, jsonschema, torch_fidelity" 2>"$out/preflight.txt"; then
+    echo "gpu_check: $py cannot import what bench/gpu_check.py needs:" >&2
+    tail -1 "$out/preflight.txt" >&2
+    echo "fix: run 'make gpu-wheels' on a machine with PyPI and bring .whl/ along (or 'make install' where PyPI is reachable)" >&2
+    exit 2
+fi
 { command -v nvidia-smi >/dev/null && nvidia-smi; } > "$out/nvidia-smi.txt" 2>&1 || echo "no nvidia-smi" > "$out/nvidia-smi.txt"
-timeout --signal=TERM --kill-after=10 470 .venv/bin/python -m bench.gpu_check "$out" "$@" 2>&1 | tee "$out/log.txt"
+timeout --signal=TERM --kill-after=10 470 "$py" -m bench.gpu_check "$out" "$@" 2>&1 | tee "$out/log.txt"

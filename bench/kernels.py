@@ -28,7 +28,7 @@ from torch.profiler import ProfilerActivity, profile
 from bench import ceiling as ceil
 from bench import record
 from bench.variants import apply, variants
-from bench.workloads import WORKLOADS, _scaled, count_train_flops, run_config, synthetic_data
+from bench.workloads import WORKLOADS, _scaled, count_train_flops, fresh_compile_caches, run_config, synthetic_data
 from drl.config import load_params
 from drl.io import write_json
 from drl.train import train
@@ -82,6 +82,7 @@ def breakdown(events, top: int = 6) -> dict:
 def measure(cfg: dict, B: int, K: int, device: str, warmup: int) -> dict:
     cfg = _scaled(cfg, B, K, warmup + 2)
     data = synthetic_data(cfg, max(256, 4 * B))
+    fresh_compile_caches()
     with tempfile.TemporaryDirectory() as d:
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             train(cfg, data, d, device=device, progress=False)

@@ -289,8 +289,17 @@ def measure_ais(cfg: dict, n: int, device: str, warmup: int, reps: int) -> dict:
     return out
 
 
+def fresh_compile_caches() -> None:
+    """Forget every graph torch.compile made so far, so a measurement compiles as a fresh process would.
+    drl.perf compiles one function for every model; each new model (spectral norm's parametrisation
+    makes a class per instance) and each shape is a recompile of it, and past dynamo's recompile limit
+    (8) it silently runs eager: a benchmark measuring many models in one process must reset."""
+    torch._dynamo.reset()
+
+
 def measure_workload(w: Workload, cfg: dict, scale: str, device: str, log=print) -> dict:
     """All measurements of one workload at one scale: {"train_step", "sample", [hmc, ais]}."""
+    fresh_compile_caches()
     sc = w.scales[scale]
     if cfg.get("perf", {}).get("compile") or cfg.get("perf", {}).get("cuda_graphs"):
         # compiling and capturing happen in the first calls, and a second shape or grad mode may

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import subprocess
 import time
@@ -183,6 +184,43 @@ def test_gpu_check_smoke_on_cpu(tmp_path):
     assert ddp["measurable"] and [r["procs"] for r in ddp["results"]] == [1, 2]
     assert json.loads((out / "ddp_scaling.json").read_text())["results"] == ddp["results"]
     assert "DDP weak scaling: toy_mlp" in proc.stdout
+
+
+def test_gpu_check_alarm_stops_a_running_step_and_still_writes_the_table(tmp_path, monkeypatch, capsys):
+    """The deadline is an alarm (SIGALRM), which drl.train's SIGTERM handler cannot swallow: a step
+    still running at budget + margin is stopped, the rest are skipped, and the table is written."""
+    from bench import gpu_check
+
+    def slow_ceiling(*args, **kwargs):
+        time.sleep(30)
+
+    monkeypatch.setattr(gpu_check.ceil, "measure", slow_ceiling)
+    monkeypatch.setattr(gpu_check, "DEADLINE_MARGIN_S", -19.0)   # the alarm 2 s after the start
+    t0 = time.time()
+    res = gpu_check.main([str(tmp_path), "--smoke", "--no-variants", "--budget-s", "21"])
+    assert time.time() - t0 < 15
+    assert res["errors"]["ceiling_fp32"] == "Stopped: stopped by SIGALRM (time limit)"
+    assert "correctness" in res["skipped"] and not res["steps"]
+    assert (tmp_path / "summary.md").read_text().rstrip() in capsys.readouterr().out
+    assert json.loads((tmp_path / "results.json").read_text())["errors"] == res["errors"]
+
+
+def test_gpu_check_preflight_names_a_missing_package(tmp_path):
+    """An interpreter without the packages (here: one that cannot import jsonschema) is refused before
+    anything runs, with the fix named."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    blocker = tmp_path / "block"
+    blocker.mkdir()
+    (blocker / "jsonschema.py").write_text("raise ImportError('no jsonschema here')\n")
+    py = fake / "python"
+    py.write_text(f"#!/bin/sh\nPYTHONPATH={blocker} exec {sys.executable} \"$@\"\n")
+    py.chmod(0o755)
+    proc = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh"), str(tmp_path / "out"), "--smoke"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path, env={**os.environ, "PYTHON": str(py)})
+    assert proc.returncode == 2
+    assert "no jsonschema here" in proc.stderr and "make gpu-wheels" in proc.stderr
+    assert not (tmp_path / "out" / "results.json").exists()
 
 
 def test_ddp_scaling_quick_on_one_and_two_cpu_processes(tmp_path, capsys):

@@ -177,11 +177,22 @@ def test_channels_last_computes_the_same_chain_and_training(tmp_path):
 
 # -- compile --------------------------------------------------------------------------------------
 
+def _fresh_compile():
+    """Reset dynamo (every model is a recompile of drl.perf's one compiled function, and past the
+    recompile limit it silently runs eager); returns a function giving the graphs compiled since."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    start = counters["stats"]["unique_graphs"]
+    return lambda: counters["stats"]["unique_graphs"] - start
+
+
 @pytest.mark.parametrize("net", ["mlp", "wrn"])
 def test_compiled_chain_matches_the_eager_chain(net):
     """The compiled score (parameters detached, spectral norms frozen) in a K = 10 chain, in training
     mode under per_iteration and in eval mode: y agrees with the eager chain to 1e-5 (measured: 0 for
     the MLP, 2.4e-7 for the WRN); compile with per_call spectral norm in training mode is refused."""
+    graphs = _fresh_compile()
     torch.manual_seed(0)
     ebm = build_model(_cfg(net))
     x, t = _chain_inputs(ebm)
@@ -194,6 +205,7 @@ def test_compiled_chain_matches_the_eager_chain(net):
         y_comp = langevin(comp, x, t, 10, generator=torch.Generator().manual_seed(1))
         torch.testing.assert_close(y_comp, y, rtol=0, atol=1e-5)
         _same(_buffers(comp), _buffers(eager))   # one power iteration each (training), none in eval
+    assert graphs() >= 1   # compiled indeed (past dynamo's recompile limit it would run eager silently)
     ebm.train()
     ebm.perf = perf.Perf(compile=True)
     with pytest.raises(ValueError, match="per_iteration"):
@@ -207,6 +219,7 @@ def test_compiled_hmc_and_ais_match_eager(net):
     and the compiled chain's f equals the eager energy."""
     from drl.hmc import ais_levels, hmc
 
+    graphs = _fresh_compile()
     torch.manual_seed(0)
     ebm = build_model(_cfg(net)).eval()
     x, t = _chain_inputs(ebm)
@@ -225,6 +238,7 @@ def test_compiled_hmc_and_ais_match_eager(net):
     with perf.chain_score(comp) as score:
         f, _ = score(x, t, comp.time_context(t))
     torch.testing.assert_close(f, eager(x, t).detach(), rtol=1e-5, atol=1e-5)
+    assert graphs() >= 2   # the HMC chains' shape and the AIS chains' shape
 
 
 # -- cuda_graphs ----------------------------------------------------------------------------------
