@@ -44,11 +44,10 @@ def _require_fp32(ebm: ConditionalEBM) -> None:
 
 
 # Eq. 16 as an HMC target: f(y, t) plus the quadratic tether to x_{t+1} (absent at a marginal top
-# level, whose tether_inv_var is 0).  f and its gradient come from ``score`` (``perf.chain_score``;
-# ``ConditionalEBM.score`` by default).
-def recovery_target(ebm: ConditionalEBM, x_next: torch.Tensor, t: torch.Tensor, ctx=None, score=None) -> Target:
+# level, whose tether_inv_var is 0).  f and its gradient come from the chain's ``score``
+# (``perf.chain_score``), with the backbone's time context ``ctx``.
+def recovery_target(ebm: ConditionalEBM, x_next: torch.Tensor, t: torch.Tensor, ctx, score: Callable) -> Target:
     inv_var = ebm.per_level("tether_inv_var", t, x_next)
-    score = score or (lambda y, t, ctx: ebm.score(y, t, ctx=ctx))
 
     def target(y: torch.Tensor):
         f, grad = score(y, t, ctx)
@@ -110,8 +109,8 @@ def hmc(ebm: ConditionalEBM, y: torch.Tensor, x_next: torch.Tensor, t: torch.Ten
     if not 0.0 <= jitter < 1.0:
         raise ValueError(f"jitter must lie in [0, 1), got {jitter}")
     _require_fp32(ebm)
-    return _transitions(ebm, lambda ctx, score: recovery_target(ebm, x_next, t, ctx, score), t, y.detach(), step_size, n_steps,
-                        n_leapfrog, generator, jitter)
+    return _transitions(ebm, lambda ctx, score: recovery_target(ebm, x_next, t, ctx, score), t, y.detach(),
+                        step_size, n_steps, n_leapfrog, generator, jitter)
 
 
 def _transitions(ebm: ConditionalEBM, make_target: Callable[[object, Callable], Target], t: torch.Tensor,
@@ -253,9 +252,7 @@ def long_run_sample(ebm: ConditionalEBM, n: int, shape: tuple, steps_per_level: 
 # g_t(x) ∝ exp f(y_scale[t] x, t) invariant, the transitions of annealed importance sampling
 # (Neal 2001, "Annealed importance sampling", Statistics and Computing 11; here replacing the
 # progressive samples of App. A.4, see drl/evaluate/partition.py).
-def marginal_target(ebm: ConditionalEBM, t: torch.Tensor, ctx=None, score=None) -> Target:
-    score = score or (lambda y, t, ctx: ebm.score(y, t, ctx=ctx))
-
+def marginal_target(t: torch.Tensor, ctx, score: Callable) -> Target:
     def target(y: torch.Tensor):
         f, grad = score(y, t, ctx)
         return f.detach().double(), grad
@@ -269,8 +266,8 @@ def _marginal_transitions(ebm: ConditionalEBM, x: torch.Tensor, t: int, step_siz
     (x, acceptance probabilities float64 [n_steps, n])."""
     tt = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
     s = float(ebm.levels["y_scale"][t])
-    y, probs = _transitions(ebm, lambda ctx, score: marginal_target(ebm, tt, ctx, score), tt, (s * x).detach(), step_size,
-                            n_steps, n_leapfrog, generator, jitter)
+    y, probs = _transitions(ebm, lambda ctx, score: marginal_target(tt, ctx, score), tt, (s * x).detach(),
+                            step_size, n_steps, n_leapfrog, generator, jitter)
     return y / s, probs
 
 
