@@ -9,7 +9,8 @@
 #
 # Needs only the project tree.  Python: $PYTHON if set, else .venv/bin/python if it runs, else python3 (a
 # GPU machine's own PyTorch).  Packages that interpreter lacks can come as wheels in .whl/ (made by
-# `make gpu-wheels` on a machine with PyPI; git-ignored, carried to the GPU machine): they are installed
+# `make gpu-wheels` on a machine with PyPI; git-ignored, carried to the GPU machine; $DRL_WHEELS names
+# another folder): when the interpreter lacks a package they are installed
 # into a temporary folder first (not OUT_DIR, which should hold the results alone).  A pre-flight import names what is still missing before anything runs.
 # Prints a short table last; OUT_DIR gets results.json, summary.md, row.md (a row for bench/RESULTS.md),
 # ddp_scaling.json, log.txt and nvidia-smi.txt.  On an H200 it finishes in about 2-5 minutes (hard
@@ -28,12 +29,18 @@ py=${PYTHON:-}
 if [ -z "$py" ]; then
     if .venv/bin/python -c "import torch" >/dev/null 2>&1; then py=.venv/bin/python; else py=python3; fi
 fi
-if compgen -G ".whl/*.whl" >/dev/null; then
+preflight() { "$py" -c "import torch, yaml, tqdm, scipy, PIL, jsonschema, torch_fidelity" 2>"$out/preflight.txt"; }
+wheels=${DRL_WHEELS:-.whl}
+if ! preflight && compgen -G "$wheels/*.whl" >/dev/null; then   # wheels only for what is missing
     site=$(mktemp -d)
-    "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" .whl/*.whl
+    if ! "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" \
+            "$wheels"/*.whl; then
+        echo "gpu_check: $py could not install the wheels in $wheels (made for another Python? 'make gpu-wheels GPU_PY=X.Y')" >&2
+        exit 2
+    fi
     export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
 fi
-if ! "$py" -c "import torch, yaml, tqdm, scipy, PIL, jsonschema, torch_fidelity" 2>"$out/preflight.txt"; then
+if ! preflight; then
     echo "gpu_check: $py cannot import what bench/gpu_check.py needs:" >&2
     tail -1 "$out/preflight.txt" >&2
     echo "fix: run 'make gpu-wheels' on a machine with PyPI and bring .whl/ along (or 'make install' where PyPI is reachable)" >&2
