@@ -42,6 +42,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from drl.nets.mlp import MLPEnergy
 from drl.nets.wrn import SpectralNorm, WRNEnergy
+from drl.perf import weights_fixed_in_chain
 
 
 @dataclass(frozen=True)
@@ -157,12 +158,8 @@ def net_cost(net: nn.Module) -> NetCost:
 def chain_mode(ebm: nn.Module) -> str:
     """How the library evaluates spectral-norm weights in this model's chains: "once" per chain
     where drl.perf fixes them (eval mode, or training with sn_power_iteration per_iteration), else
-    "per_call" (the released code's sampler, and the library before drl/perf.py)."""
-    try:
-        from drl.perf import _weights_fixed_in_chain
-    except ImportError:
-        return "per_call"
-    return "once" if _weights_fixed_in_chain(ebm) else "per_call"
+    "per_call" (the released code's sampler)."""
+    return "once" if weights_fixed_in_chain(ebm) else "per_call"
 
 
 # Algorithm 1: y^- by K Langevin steps (eq. 17) from x_{t+1} (eq. 12 when K = 0), then the loss on

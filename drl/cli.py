@@ -66,8 +66,8 @@ def cmd_train(params: dict, args) -> None:
     except DivergenceError as exc:  # every rank raises it at the same iteration
         # the stage completes with the last good weights marked diverged: the run's metrics and the
         # tables then say "diverged" while the other runs of a sweep go on
-        diverged = record_divergence(cfg, out, exc) if w.main else exc.record
         if w.main:
+            diverged = record_divergence(cfg, out, exc)
             print(f"drl train: warning: {exc}. model.pt holds the weights of iteration "
                   f"{diverged['last_good_iteration']}, marked diverged; its metrics will record the divergence. "
                   f"After changing params.yaml, delete {out / 'state.pt'} and rerun.", file=sys.stderr)

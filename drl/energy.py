@@ -47,6 +47,14 @@ def langevin_step_sizes(sched: Schedule, rule: str, b: float) -> np.ndarray:
     raise ValueError(f"unknown sampler.step_size {rule!r}; use 'paper' or 'released'")
 
 
+def model_device(module: nn.Module) -> torch.device:
+    """The device of a module's first parameter or buffer; CPU for one without tensors (the
+    analytic oracle EBMs of the tests)."""
+    for tensor in (*module.parameters(), *module.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
 class ConditionalEBM(nn.Module):
     """f_theta(y, t) for t = 0..T-1 plus the per-level constants the samplers need."""
 

@@ -92,7 +92,9 @@ def training_iteration(ebm: nn.Module):
         yield
 
 
-def _weights_fixed_in_chain(ebm: nn.Module) -> bool:
+def weights_fixed_in_chain(ebm: nn.Module) -> bool:
+    """Whether ``ebm``'s spectral-norm weights stay fixed through an MCMC chain (eval mode, or
+    ``sn_power_iteration: per_iteration``); bench/flops.py counts the chains' FLOPs by it."""
     return not ebm.training or ebm.perf.sn_power_iteration == "per_iteration"
 
 
@@ -101,7 +103,7 @@ def chain_weights(ebm: nn.Module):
     """Around an MCMC chain: ``fixed_weights`` where the weights cannot change within the chain (eval
     mode, or ``sn_power_iteration: per_iteration``), where it computes the weights every call would;
     nothing under ``per_call`` in training mode (the released code's sampler)."""
-    if _weights_fixed_in_chain(ebm):
+    if weights_fixed_in_chain(ebm):
         with fixed_weights(ebm):
             yield
     else:
@@ -156,7 +158,7 @@ def chain_score(ebm: nn.Module):
 
             yield eager
             return
-        if not _weights_fixed_in_chain(ebm) and _parametrized(ebm):
+        if not weights_fixed_in_chain(ebm) and _parametrized(ebm):
             raise ValueError("perf.compile with spectral norm needs perf.sn_power_iteration: per_iteration for "
                              "training: the compiled score takes the weights fixed through a chain, per_call "
                              "changes them at every step")

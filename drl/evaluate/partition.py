@@ -95,19 +95,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from drl.energy import ConditionalEBM
+from drl.energy import ConditionalEBM, model_device
 from drl.sample import progressive_levels
 
 LOG_2PI = math.log(2.0 * math.pi)
 PIXEL_BIN = 2.0 / 255.0  # spacing of 8-bit values scaled by x / 127.5 - 1
-
-
-def _device(ebm: torch.nn.Module) -> torch.device:
-    for p in ebm.parameters():
-        return p.device
-    for b in ebm.buffers():
-        return b.device
-    return torch.device("cpu")
 
 
 @contextlib.contextmanager
@@ -145,7 +137,7 @@ def level_log_weights(ebm: ConditionalEBM, levels: Iterable[torch.Tensor], space
     ``levels`` yields x_T, x_{T-1}, ..., x_1 (a list [x_T, ..., x_0] from ``progressive_sample``
     also works; x_0 is ignored).  The Jacobian D log c_t is not included (``log_jacobians``)."""
     log_jacobians(ebm, 1, space)  # validates ``space``
-    T, s, dev = ebm.T, level_scales(ebm), _device(ebm)
+    T, s, dev = ebm.T, level_scales(ebm), model_device(ebm)
     cols: list[np.ndarray | None] = [None] * T
     for i, x in enumerate(levels):
         t = T - 1 - i  # x is x_{t+1}
@@ -269,7 +261,7 @@ def estimate_log_z(ebm: ConditionalEBM, n_samples: int, shape: tuple, K: int, ge
     if combine not in ("levels", "ais"):
         raise ValueError(f"combine must be 'levels' or 'ais', got {combine!r}")
     dim = int(np.prod(shape))
-    device = _device(ebm) if device is None else torch.device(device)
+    device = model_device(ebm) if device is None else torch.device(device)
     log_jac = log_jacobians(ebm, dim, space)
     if sampler is None:
         def sampler(n, gen):
@@ -304,7 +296,7 @@ def estimate_log_z_ais(ebm: ConditionalEBM, n_samples: int, shape: tuple, hmc_st
     ``acceptance`` (mean HMC acceptance per level t over all chains; nan at level 0, never run)."""
     from drl.hmc import adapt_marginal_step_sizes, ais_levels
 
-    device = _device(ebm) if device is None else torch.device(device)
+    device = model_device(ebm) if device is None else torch.device(device)
     with _fp32(ebm):
         if step_size is None:
             steps = adapt_marginal_step_sizes(ebm, adapt_chains, shape, min(hmc_steps, 10), target, n_leapfrog,
@@ -343,7 +335,7 @@ def test_log_likelihood(ebm: ConditionalEBM, x, log_z0: float, batch_size: int =
     in the model's x-space.  ``dequantise="uniform"`` adds U(-bin_width/2, bin_width/2) noise."""
     if dequantise not in ("none", "uniform"):
         raise ValueError(f"dequantise must be 'none' or 'uniform', got {dequantise!r}")
-    dev = _device(ebm)
+    dev = model_device(ebm)
     x = torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x, dtype=torch.float32)
     dim = int(np.prod(x.shape[1:]))
     s0 = float(ebm.levels["y_scale"][0])

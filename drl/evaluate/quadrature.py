@@ -1,12 +1,11 @@
 """Exact evaluation of 2-D EBMs by quadrature: normalise exp f(y, t) on a grid."""
 from __future__ import annotations
 
-import itertools
 
 import numpy as np
 import torch
 
-from drl.energy import ConditionalEBM
+from drl.energy import ConditionalEBM, model_device
 
 
 def grid(extent: float, n: int):
@@ -19,8 +18,7 @@ def grid(extent: float, n: int):
 
 @torch.no_grad()
 def energy_values(ebm: ConditionalEBM, y: np.ndarray, t: int, chunk: int = 65536) -> np.ndarray:
-    # the model's device (analytic oracle EBMs have no tensors of their own: CPU)
-    device = next(itertools.chain(ebm.parameters(), ebm.buffers()), torch.empty(0)).device
+    device = model_device(ebm)
     out = []
     for i in range(0, len(y), chunk):
         yy = torch.as_tensor(y[i:i + chunk], dtype=torch.float32, device=device)
