@@ -28,7 +28,6 @@ each worker in a session of its own).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime as dt
 import json
 import os
@@ -44,7 +43,7 @@ import torch
 from bench import record
 from bench.timing import summary
 from bench.variants import apply, variants
-from bench.workloads import WORKLOADS, _iteration_seconds, _scaled, run_config, synthetic_data
+from bench.workloads import WORKLOADS, _iteration_seconds, _scaled, run_config, scale_for, synthetic_data
 from drl.config import load_params
 from drl.io import write_json
 
@@ -232,8 +231,7 @@ def measure(workload: str = "cifar10_n2", procs: list[int] | None = None, device
     cfg = apply(base, chosen[variant])
     if precision is not None:
         cfg["train"]["precision"] = precision
-    if cfg.get("perf", {}).get("compile") or cfg.get("perf", {}).get("cuda_graphs"):
-        sc = dataclasses.replace(sc, warmup=sc.warmup + 2)   # as measure_workload: compiling stays out of the timing
+    sc = scale_for(w, scale, cfg)   # compiling stays out of the timing, as in measure_workload
     B = batch or sc.train[0]
     if K is None:
         K = cfg["sampler"]["K"] if sc.train[1] is None else sc.train[1]

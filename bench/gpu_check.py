@@ -50,11 +50,12 @@ import torch
 from bench import ceiling as ceil
 from bench import ddp_scaling, flops, record
 from bench.features import measure_features
-from bench.variants import FUNCTION_CHANGING, apply, prepare_for_sampling, variants
+from bench.variants import FUNCTION_CHANGING, apply, variants
 from bench.workloads import fresh_compile_caches, measure_sample, measure_train, net_cost, sample_shape
 from drl.config import load_params
 from drl.io import write_json, write_text
 from drl.mcmc import langevin
+from drl.perf import configure
 from drl.sample import progressive_levels
 from drl.train import MODEL_KEYS, Objective, Preempted, build_model
 
@@ -164,15 +165,14 @@ def correctness(cfg: dict, device: str, B: int, K: int, perf: dict | None = None
               "t": torch.randint(base.T, (B,), generator=g)}
     ref_model = copy.deepcopy(base).double()
     if perf is not None:
-        ref_model = prepare_for_sampling(ref_model, {"perf": {k: v for k, v in perf.items() if k in FUNCTION_CHANGING}},
-                                         "cpu")
+        ref_model = configure(ref_model, {k: v for k, v in perf.items() if k in FUNCTION_CHANGING}, "cpu")
     ref = _quantities(ref_model, {k: v.double() if v.is_floating_point() else v for k, v in inputs.items()}, K)
     out = {}
     for mode in (("fp32-strict", "fp32", "bf16") if perf is None else ("fp32+perf",)):
         m = copy.deepcopy(base).to(device)
         m.precision = "bf16" if mode == "bf16" else "fp32"
         if perf is not None:
-            m = prepare_for_sampling(m, {"perf": perf}, device)
+            m = configure(m, perf, device)
         with _tf32(False) if mode == "fp32-strict" else nullcontext():   # else: PyTorch's defaults
             got = _quantities(m, {k: v.to(device) for k, v in inputs.items()}, K)
         errs = {k: _rel(got[k], ref[k]) for k in ref}
@@ -209,6 +209,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = copy.deepcopy(params["runs"][S["run"]])
     cfg["energy"]["net"].update(S["net"])
     m = record.machine(device)
+    paper_flops = flops.train_step(net_cost(cfg), 256, cfg["sampler"]["K"])["flops"]   # one iteration of the paper's run
     res = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "scale": scale, "device": device,
            "machine": m, "tf32": {"matmul": torch.backends.cuda.matmul.allow_tf32,
                                   "cudnn": torch.backends.cudnn.allow_tf32},
@@ -269,7 +270,7 @@ def main(argv: list[str] | None = None) -> dict:
         for p in ("bf16", "fp32"):
             step(f"sample_{p}", 60, lambda p=p: measure_sample(cfg, n, levels, Ks, device, 1, 2, precision=p))
         step("fid_inception", 30, lambda: measure_features("fid_inception", *S["fid"], device, 1, 2))
-        finish(res, out_dir, cfg)   # the essentials are on disk before the (compiling) variants start
+        finish(res, out_dir, paper_flops)   # the essentials are on disk before the (compiling) variants start
         # optimised first: its compiled and graphed paths are what a first GPU run most needs to see
         for variant in sorted(todo, key=lambda v: v != "optimised"):
             perf = todo[variant]
@@ -293,7 +294,7 @@ def main(argv: list[str] | None = None) -> dict:
         for sig, handler in previous.items():     # main may run inside another program (tests)
             signal.signal(sig, handler)
     save()
-    table = finish(res, out_dir, cfg)
+    table = finish(res, out_dir, paper_flops)
     print("\n" + table, flush=True)
     return res
 
@@ -313,10 +314,9 @@ def ddp(D: dict, out_dir: Path, params: str, seconds: float) -> dict:
 # MFU against the measured ceiling of each precision (and the data-sheet peak), and projections:
 # the paper's run (50k iterations of its B = 256, K = 30 iteration) and FID-50k sampling and
 # features at the measured rates.
-def finish(res: dict, out_dir: Path, cfg: dict) -> str:
+def finish(res: dict, out_dir: Path, paper_flops: int) -> str:
     steps = res["steps"]
     nominal = _nominal(res["machine"].get("gpu"))
-    paper_flops = flops.train_step(net_cost(cfg), 256, cfg["sampler"]["K"])["flops"]
     best = {p: steps[f"ceiling_{p}"]["best_flops_per_s"] for p in ("fp32", "bf16") if f"ceiling_{p}" in steps}
     summary = {}
     for name, r in steps.items():

@@ -22,13 +22,13 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-import torch
 from torch.profiler import ProfilerActivity, profile
 
 from bench import ceiling as ceil
 from bench import record
 from bench.variants import apply, variants
-from bench.workloads import WORKLOADS, _scaled, count_train_flops, fresh_compile_caches, run_config, synthetic_data
+from bench.workloads import (WORKLOADS, _scaled, count_train_flops, fresh_compile_caches, run_config, scale_for,
+                             synthetic_data)
 from drl.config import load_params
 from drl.io import write_json
 from drl.train import train
@@ -118,10 +118,9 @@ def main(argv: list[str] | None = None) -> dict:
         w = WORKLOADS[name]
         cfg = run_config(params, w)
         cfg = apply(cfg, variants(device, cfg).get(args.variant))   # absent: the variant runs as the config as given
-        B, K = w.scales[scale].train
-        K = cfg["sampler"]["K"] if K is None else K
-        warmup = w.scales[scale].warmup + (2 if cfg.get("perf", {}).get("compile") else 0)
-        r = measure(cfg, B, K, device, warmup)
+        sc = scale_for(w, scale, cfg)
+        B, K = sc.train
+        r = measure(cfg, B, cfg["sampler"]["K"] if K is None else K, device, sc.warmup)
         result["workloads"][name] = r
     ceiling = max(ceiling, ceil.measure(scale, device)["best_flops_per_s"])
     result.update(ceiling=ceiling, load_end=record.loadavg())

@@ -1,9 +1,7 @@
 """The one place where the benchmark's performance variants are defined.
 
 Every workload is measured with its run config as given (``as_given``: params.yaml's settings,
-including the run's own ``perf`` section if it has one).  When the params schema
-(``drl/schema/params.schema.yaml``) has a run-level ``perf`` section, each workload is also measured
-as ``plain`` (every optimisation off) and ``optimised`` (every one on): ``PERF_OFF`` and ``PERF_ON``
+including the run's own ``perf`` section if it has one), and also as ``plain`` (every optimisation off) and ``optimised`` (every one on): ``PERF_OFF`` and ``PERF_ON``
 below, restricted to the keys the schema defines and checked against it, so a renamed key or value
 fails loudly here instead of being silently ignored by the library.  A variant whose effective
 settings equal the run's as given (e.g. ``plain`` for a run without a ``perf`` section, the library's
@@ -12,6 +10,8 @@ defaults being all off) is not measured twice.
 from __future__ import annotations
 
 import copy
+import dataclasses
+from contextlib import contextmanager
 from functools import lru_cache
 
 import jsonschema
@@ -34,18 +34,10 @@ FUNCTION_CHANGING = {"sn_power_iteration"}
 EXECUTION_ONLY = {"compile": False, "cuda_graphs": False}
 
 
-# How a sampling / evaluation model takes a run's perf settings: "module:function", called as
-# function(ebm, perf, device) -> ebm (drl.train.train calls the same on its model), or None if the
-# library has none; then only train_step (which reads cfg["perf"] inside drl.train.train) is
-# measured for the plain and optimised variants.
-SAMPLING_HOOK: str | None = "drl.perf:configure"
-
-
 @lru_cache(maxsize=1)
-def perf_schema() -> dict | None:
-    """The ``perf`` subschema of a run, or None while the schema has none."""
-    schema = yaml.safe_load(SCHEMA_PATH.read_text())
-    return schema.get("$defs", {}).get("run", {}).get("properties", {}).get("perf")
+def perf_schema() -> dict:
+    """The ``perf`` subschema of a run (``drl/schema/params.schema.yaml``)."""
+    return yaml.safe_load(SCHEMA_PATH.read_text())["$defs"]["run"]["properties"]["perf"]
 
 
 def _effective(perf: dict, cuda: bool) -> dict:
@@ -60,8 +52,6 @@ def variants(device: str, cfg: dict | None = None) -> dict[str, dict | None]:
     ``cfg``, variants that would run exactly as the config as given are left out."""
     schema = perf_schema()
     out: dict[str, dict | None] = {"as_given": None}
-    if schema is None:
-        return out
     known = set(schema.get("properties", {}))
     cuda = device.startswith("cuda")
     for name, perf in (("plain", PERF_OFF), ("optimised", PERF_ON)):
@@ -96,16 +86,13 @@ def for_counting(cfg: dict) -> dict:
     return cfg
 
 
-def sampling_supported(cfg: dict) -> bool:
-    """Whether a sampling model can be given this config's perf settings (always, without any)."""
-    return "perf" not in cfg or SAMPLING_HOOK is not None
-
-
-def prepare_for_sampling(ebm, cfg: dict, device: str):
-    """The eval-mode EBM with the config's perf settings applied through ``SAMPLING_HOOK``."""
-    if "perf" not in cfg or SAMPLING_HOOK is None:
-        return ebm
-    import importlib
-
-    module, name = SAMPLING_HOOK.split(":")
-    return getattr(importlib.import_module(module), name)(ebm, cfg["perf"], device)
+@contextmanager
+def counting(ebm):
+    """Within: ``ebm`` with the execution-only switches off (eager, the same arithmetic), for
+    FlopCounterMode, which sees neither inside compiled graphs nor replayed CUDA graphs."""
+    old = ebm.perf
+    ebm.perf = dataclasses.replace(old, **EXECUTION_ONLY)
+    try:
+        yield ebm
+    finally:
+        ebm.perf = old

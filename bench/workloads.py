@@ -19,9 +19,8 @@ from __future__ import annotations
 
 import copy
 import csv
-import dataclasses
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +28,9 @@ import torch
 
 from bench import flops
 from bench.timing import median_time, summary
-from bench.variants import for_counting, prepare_for_sampling, sampling_supported
+from bench.variants import counting, for_counting
 from drl.cli import sample_shape  # one example's model-space shape, as the stages use it
+from drl.perf import configure
 from drl.train import MODEL_KEYS, build_model, train
 
 
@@ -53,17 +53,16 @@ class Workload:
     goal: str                    # "paper" (>= 90 % of the ceiling on CPU) or "demo" (>= 75 %)
     scales: dict
     net: dict = field(default_factory=dict)   # overrides of energy.net
-    default: bool = True                       # measured when --workloads is not given
     # another implementation's seconds per training iteration at these settings on the CPU scale,
     # measured elsewhere (not by this harness): {"seconds", "what", "goal_speedup"}
     reference: dict | None = None
 
 
-def _cifar(name, run, n_blocks, default=True, cpu_batch=2):
+def _cifar(name, run, n_blocks):
     return Workload(name, run, f"CIFAR-10 WRN N = {n_blocks} (T6)", "paper", net={"n_blocks": n_blocks},
-                    default=default, scales={
+                    scales={
                         "quick": Scale(train=(1, 1), sample=(1, 1, 1), reps=1, warmup=1),
-                        "cpu": Scale(train=(cpu_batch, None), sample=(2, 1, 4), reps=3, warmup=1),
+                        "cpu": Scale(train=(2, None), sample=(2, 1, 4), reps=3, warmup=1),
                         "cuda": Scale(train=(256, None), sample=(1000, 1, None), reps=3, warmup=2)})
 
 
@@ -193,7 +192,7 @@ def sampling_model(cfg: dict, device: str, precision: str = "fp32"):
     """The EBM as ``drl sample`` uses it (eval mode: spectral-norm vectors frozen), fp32 unless
     ``precision`` is "bf16" (the backbone under bf16 autocast, ``ConditionalEBM.precision``)."""
     torch.manual_seed(cfg["train"]["seed"])
-    ebm = prepare_for_sampling(build_model(_model_cfg(cfg)).to(device).eval(), cfg, device)
+    ebm = configure(build_model(_model_cfg(cfg)).to(device).eval(), cfg.get("perf"), device)
     ebm.precision = precision
     return ebm
 
@@ -220,7 +219,8 @@ def measure_sample(cfg: dict, n: int, levels: int, K_run: int | None, device: st
         return x
 
     t = median_time(chunk, device, warmup, reps)
-    counted, _ = flops.count(chunk)
+    with counting(ebm):
+        counted, _ = flops.count(chunk)
     c = flops.net_cost(ebm.net)
     mode = flops.chain_mode(ebm)
     ran, full = flops.sample_levels(c, n, K_run, levels, mode), flops.sample_levels(c, n, K, T, mode)
@@ -253,7 +253,8 @@ def measure_hmc(cfg: dict, n: int, k: int, levels: int, device: str, warmup: int
         return x
 
     t = median_time(chunk, device, warmup, reps)
-    counted, _ = flops.count(chunk)
+    with counting(ebm):
+        counted, _ = flops.count(chunk)
     a = flops.long_run_levels(flops.net_cost(ebm.net), n, k, L, levels, flops.chain_mode(ebm))
     out = {"n": n, "k": k, "L": L, "levels": levels, "T": ebm.T, "flops": counted, "counted_by": "FlopCounterMode",
            "flops_analytic": a["flops"], "formula": a["formula"], "timing": t}
@@ -280,7 +281,8 @@ def measure_ais(cfg: dict, n: int, device: str, warmup: int, reps: int) -> dict:
                                   batch_size=n, device=device, progress=False)
 
     t = median_time(run, device, warmup, reps)
-    counted, _ = flops.count(run)
+    with counting(ebm):
+        counted, _ = flops.count(run)
     a = flops.ais(flops.net_cost(ebm.net), n, ebm.T, h, L, flops.chain_mode(ebm))
     out = {"n": n, "hmc_steps": h, "L": L, "T": ebm.T, "flops": counted, "counted_by": "FlopCounterMode",
            "flops_analytic": a["flops"], "formula": a["formula"], "timing": t}
@@ -297,22 +299,25 @@ def fresh_compile_caches() -> None:
     torch._dynamo.reset()
 
 
+def scale_for(w: Workload, scale: str, cfg: dict) -> Scale:
+    """The workload's sizes at ``scale`` for the run config ``cfg``: with compile or CUDA graphs on,
+    two more warm-up calls, since compiling and capturing happen in the first calls and a second shape
+    or grad mode may recompile; they stay out of the timed repetitions."""
+    sc = w.scales[scale]
+    if cfg.get("perf", {}).get("compile") or cfg.get("perf", {}).get("cuda_graphs"):
+        sc = replace(sc, warmup=sc.warmup + 2)
+    return sc
+
+
 def measure_workload(w: Workload, cfg: dict, scale: str, device: str, log=print) -> dict:
     """All measurements of one workload at one scale: {"train_step", "sample", [hmc, ais]}."""
     fresh_compile_caches()
-    sc = w.scales[scale]
-    if cfg.get("perf", {}).get("compile") or cfg.get("perf", {}).get("cuda_graphs"):
-        # compiling and capturing happen in the first calls, and a second shape or grad mode may
-        # recompile: two more warm-up calls keep them out of the timed repetitions
-        sc = dataclasses.replace(sc, warmup=sc.warmup + 2)
+    sc = scale_for(w, scale, cfg)
     out = {"run": w.run, "title": w.title, "goal": w.goal, "net": cfg["energy"]["net"], "reference": w.reference,
            "precision": cfg["train"].get("precision", "fp32"), "perf": cfg.get("perf")}
     if sc.train:
         out["train_step"] = measure_train(cfg, *sc.train, device, sc.warmup, sc.reps)
         log(w.name, "train_step", out["train_step"])
-    if not sampling_supported(cfg):
-        out["skipped"] = "sample/hmc/ais: no way to give a sampling model perf settings (bench/variants.py SAMPLING_HOOK)"
-        return out
     if sc.sample:
         out["sample"] = measure_sample(cfg, *sc.sample, device, sc.warmup, sc.reps)
         log(w.name, "sample", out["sample"])

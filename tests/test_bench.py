@@ -23,7 +23,6 @@ if str(ROOT) not in sys.path:  # bench/ is a folder of the repository, not an in
 
 from bench import flops  # noqa: E402
 from bench import workloads as W  # noqa: E402
-from bench.variants import perf_schema  # noqa: E402
 from drl.evaluate.partition import estimate_log_z_ais  # noqa: E402
 from drl.hmc import long_run_levels  # noqa: E402
 from drl.sample import progressive_levels  # noqa: E402
@@ -55,8 +54,6 @@ def test_train_step_flops_counted_equal_analytic(net, K, sn):
     (normal approximation) included; at K = 3 the count is the K = 1, 2 extension bench uses for K = 30."""
     cfg = cfg_of(net, K, "conditional" if K == 0 else "marginal")
     if sn == "per_iteration":
-        if perf_schema() is None:
-            pytest.skip("the params schema has no perf section")
         cfg["perf"] = {"sn_power_iteration": sn}
     data = W.synthetic_data(cfg, 16)
     counted, how = W.count_train_flops(cfg, data, "cpu")
@@ -341,3 +338,19 @@ def test_ddp_scaling_bad_requests_and_one_process_count(tmp_path, capsys, monkey
     monkeypatch.setattr(D.record, "machine", lambda device: {"text": "a one-GPU machine"})
     r = D.measure("cifar10_n2", None, "cuda", tmp_path)
     assert not r["measurable"] and r["procs"] == [1] and r["reason"] == "1 GPU: DDP scaling not measurable"
+
+
+def test_counting_runs_eager_with_the_other_switches_kept():
+    """FLOPs are counted with compile and CUDA graphs off (FlopCounterMode sees inside neither), the
+    function-changing and layout switches as set, and the settings come back after, errors included."""
+    from drl.perf import Perf
+    from bench.variants import counting
+
+    ebm = build_model({k: cfg_of(MLP, 1)[k] for k in MODEL_KEYS})
+    ebm.perf = on = Perf(sn_power_iteration="per_iteration", channels_last=True, compile=True, cuda_graphs=True)
+    with counting(ebm):
+        assert ebm.perf == Perf(sn_power_iteration="per_iteration", channels_last=True)
+    assert ebm.perf is on
+    with pytest.raises(RuntimeError), counting(ebm):
+        raise RuntimeError
+    assert ebm.perf is on
