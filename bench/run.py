@@ -1,7 +1,7 @@
 """``make bench``: in one process, this machine's matmul / 3x3-conv ceiling, then the DRL workloads as
 FLOP/s and model FLOP utilisation (MFU = counted FLOPs / median seconds / ceiling).
 
-    python -m bench.run                      # every default workload at the CPU scale (or CUDA scale on --device cuda)
+    python -m bench.run                      # every workload at the CPU scale (or CUDA scale on --device cuda)
     python -m bench.run --quick              # tiny sizes: a smoke run of the harness (seconds to a minute)
     python -m bench.run --workloads toy_mlp,fid_classifier --out /tmp/b
 
@@ -54,7 +54,7 @@ def _line(name: str, kind: str, r: dict) -> str:
 def _selected(arg: str | None) -> list[str]:
     known = {**WORKLOADS, **EXTRACTORS}
     if not arg:
-        return [n for n, w in WORKLOADS.items() if w.default] + list(EXTRACTORS)
+        return list(WORKLOADS) + list(EXTRACTORS)
     names = [n.strip() for n in arg.split(",") if n.strip()]
     unknown = [n for n in names if n not in known]
     if unknown:

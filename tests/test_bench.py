@@ -354,3 +354,12 @@ def test_counting_runs_eager_with_the_other_switches_kept():
     with pytest.raises(RuntimeError), counting(ebm):
         raise RuntimeError
     assert ebm.perf is on
+
+
+def test_no_workloads_argument_selects_every_workload_and_extractor():
+    from bench.run import _selected
+
+    assert _selected(None) == [*W.WORKLOADS, *W.EXTRACTORS]
+    assert _selected("toy_mlp, fid_classifier") == ["toy_mlp", "fid_classifier"]
+    with pytest.raises(SystemExit, match="unknown workload"):
+        _selected("toy_mlp,nope")
