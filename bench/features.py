@@ -55,7 +55,7 @@ def extractor(kind: str, folder: Path) -> tuple[Extractor, tuple]:
         torch.manual_seed(0)
         path = folder / "classifier.pt"
         save_classifier(path, SmallCNN(1, 10, 32, 128), {"note": "random weights (benchmark)"})
-        return resolve_extractor({"kind": "classifier", "path": str(path)}), (8, 8, 1)
+        return resolve_extractor({"kind": "classifier", "weights": str(path)}), (8, 8, 1)
     raise ValueError(f"unknown extractor workload {kind!r}")
 
 

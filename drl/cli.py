@@ -3,6 +3,7 @@ writes its outputs atomically, with the resolved configuration beside them."""
 from __future__ import annotations
 
 import argparse
+import math
 import signal
 import sys
 import threading
@@ -72,8 +73,10 @@ def cmd_train(params: dict, args) -> None:
                   f"{diverged['last_good_iteration']}, marked diverged; its metrics will record the divergence. "
                   f"After changing params.yaml, delete {out / 'state.pt'} and rerun.", file=sys.stderr)
     if w.main:
+        from drl.provenance import machine
+
         write_json(out / "config.json", {"run": args.run, "config": cfg, "train_seconds": time.time() - t0,
-                                         "processes": w.size, "diverged": diverged})
+                                         "processes": w.size, "diverged": diverged, "machine": machine(_device(args))})
 
 
 def _device(args) -> str:
@@ -132,13 +135,11 @@ def _samples_figure(run: str, samples: np.ndarray):
     return fig
 
 
-def _extractor_cfg(params: dict, name: str) -> dict:
-    """The config drl.evaluate.fidelity expects: Inception's weights file, or the trained classifier."""
-    ex = params["extractors"][name]
-    return {**ex, "path": str(paths.extractor_file(name))} if ex["kind"] == "classifier" else ex
-
-
 def cmd_extractor(params: dict, args) -> None:
+    """Train a classifier extractor and write it to its ``weights`` file.  Not a workflow stage: the
+    file is a measuring instrument, shipped and checked by sha256, and retraining it (which gives other
+    weights on another CPU) is an action taken on purpose, after which params.yaml names the new hash."""
+    from drl.data.raw import file_sha256
     from drl.evaluate.classifier import save_classifier, train_classifier
 
     ex = params.get("extractors", {}).get(args.extractor)
@@ -147,8 +148,12 @@ def cmd_extractor(params: dict, args) -> None:
     (train, train_y), (test, test_y) = _labelled(ex["dataset"], "train"), _labelled(ex["dataset"], "test")
     model, info = train_classifier(train, train_y, ex, test_images=test, test_labels=test_y)
     # wall time is printed, not stored: the checkpoint's sha256 identifies the extractor in metrics
-    save_classifier(paths.extractor_file(args.extractor), model, {k: v for k, v in info.items() if k != "seconds"})
-    print(f"{args.extractor}: test accuracy {info['test_accuracy']:.4f} ({info['seconds']:.1f} s)")
+    save_classifier(ex["weights"], model, {k: v for k, v in info.items() if k != "seconds"})
+    sha = file_sha256(ex["weights"])
+    print(f"{args.extractor}: test accuracy {info['test_accuracy']:.4f} ({info['seconds']:.1f} s); wrote {ex['weights']}\n"
+          f"sha256 {sha}" + ("" if ex.get("sha256") == sha else
+                             f"\nset extractors.{args.extractor}.sha256 in {args.params} to it: FID/IS computed with "
+                             f"this file are not comparable with those of the previous one"))
 
 
 def _labelled(dataset: str, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -163,7 +168,7 @@ def cmd_refstats(params: dict, args) -> None:
 
     if args.extractor not in params.get("extractors", {}):
         raise ParamsError(f"extractor {args.extractor!r} is not defined under extractors in {args.params}")
-    stats = reference_statistics(_prepared(args.dataset, args.split), _extractor_cfg(params, args.extractor),
+    stats = reference_statistics(_prepared(args.dataset, args.split), params["extractors"][args.extractor],
                                  device=_device(args))
     save_reference_statistics(paths.refstats_file(args.dataset, args.split, args.extractor), stats)
     print(f"reference statistics of {args.dataset}/{args.split} ({stats['n']} images, {args.extractor})")
@@ -187,15 +192,16 @@ def _quadrature_metrics(params: dict, cfg: dict, ebm) -> dict:
 
 
 def _fidelity_metrics(params: dict, cfg: dict, images: np.ndarray, device: str) -> dict:
-    """FID/IS of uint8 images against the run's reference statistics, with the run's extractor."""
+    """FID/IS of uint8 images against the run's reference statistics, with the run's extractor, and
+    their bootstrap standard errors (``bootstrap`` resamples of the samples)."""
     from drl.evaluate.fidelity import fid_is, load_reference_statistics
 
     e = cfg["evaluate"]["fidelity"]
     split = e.get("reference_split", "train")
     ref = _require(paths.refstats_file(cfg["dataset"], split, e["extractor"]),
                    f"drl refstats --dataset {cfg['dataset']} --split {split} --extractor {e['extractor']}")
-    out = fid_is(images, load_reference_statistics(ref), _extractor_cfg(params, e["extractor"]),
-                 e.get("is_splits", 10), e.get("batch_size", 64), device)
+    out = fid_is(images, load_reference_statistics(ref), params["extractors"][e["extractor"]],
+                 e.get("is_splits", 10), e.get("batch_size", 64), device, e.get("bootstrap", 200))
     return {**out, "extractor": e["extractor"], "extractor_description": out["extractor"],
             "reference": f"{cfg['dataset']}/{split}"}
 
@@ -224,6 +230,7 @@ def _long_run_chains(cfg: dict, run: str):
 
 def _long_run_metrics(params: dict, cfg: dict, run: str, device: str) -> dict:
     """Per chain length k: FID/IS of its x_0, its log Z_0 estimate (eq. 36) and mean HMC acceptance."""
+    from drl.evaluate.fidelity import FIDELITY_FIELDS
     from drl.evaluate.long_run import combine
 
     chains = _long_run_chains(cfg, run)
@@ -232,7 +239,7 @@ def _long_run_metrics(params: dict, cfg: dict, run: str, device: str) -> dict:
         fid = _fidelity_metrics(params, cfg, chains[f"samples_{k}"], device)
         est = combine(chains, int(k))
         acc = chains[f"acceptance_{k}"]
-        out[str(k)] = {"fid": fid["fid"], "is_mean": fid["is_mean"], "is_std": fid["is_std"], "n_samples": fid["n_samples"],
+        out[str(k)] = {**{m: fid[m] for m in FIDELITY_FIELDS if m in fid},
                        "extractor": fid["extractor"], "log_z_ais": est["log_z0"], "log_z_ais_se": est["se"],
                        "acceptance_mean": None if np.isnan(acc).all() else float(np.nanmean(acc))}
     return {"long_run": out}
@@ -260,20 +267,45 @@ def _partition_metrics(cfg: dict, ebm, device: str) -> dict:
         est = estimate_log_z(ebm, e["n_samples"], test.shape[1:], e["K"], gen, e.get("batch_size", 1000),
                              e.get("noise_scale", 1.0), e.get("space", "x"))
     log_p = test_log_likelihood(ebm, test, est["log_z0"], e.get("batch_size", 1000))
+    # standard error of the mean test log-likelihood: the test set's own spread (std / sqrt(n)) and
+    # log Z's estimation error, which shifts every example alike, added in quadrature
+    ll_se = math.hypot(float(np.std(log_p, ddof=1)) / math.sqrt(len(log_p)), est["se"]) if len(log_p) > 1 else None
     out = {"log_z_ais": est["log_z0"], "log_z_ais_se": est["se"], "test_ll_ais_nats": float(log_p.mean()),
+           "test_ll_ais_nats_se": ll_se,
            "log_z_ais_curve": est["curve"], "log_z_ais_min_ess_fraction": min(lv["ess_fraction"] for lv in est["per_level"]),
            "log_z_ais_method": method}
     if method == "ais_hmc":  # per level t = 0..T-1; level 0's transitions are never run (no acceptance)
         out["log_z_ais_hmc_step_size"] = est["step_size"]
         out["log_z_ais_hmc_acceptance"] = [None if np.isnan(a) else a for a in est["acceptance"]]
     if is_image_array(raw):
-        out["test_bpd"] = float(bits_per_dim(log_p, int(np.prod(test.shape[1:]))).mean())
+        dim = int(np.prod(test.shape[1:]))
+        out["test_bpd"] = float(bits_per_dim(log_p, dim).mean())
+        out["test_bpd_se"] = None if ll_se is None else ll_se / (dim * math.log(2.0))   # bpd is affine in log p
     return out
+
+
+def _write_provenance(params: dict, cfg: dict, run: str, device: str) -> None:
+    """Beside the metrics: the machine this evaluation ran on, the one that trained the model (from
+    its config.json), and the extractor file's sha256."""
+    import json
+
+    from drl.data.raw import file_sha256
+    from drl.provenance import machine
+
+    trained = paths.run_dir(cfg["group"], run) / "config.json"
+    out = {"run": run, "evaluated_on": machine(device),
+           "trained_on": json.loads(trained.read_text()).get("machine") if trained.exists() else None}
+    if "fidelity" in cfg["evaluate"]:
+        name = cfg["evaluate"]["fidelity"]["extractor"]
+        weights = params["extractors"][name]["weights"]
+        out["extractor"] = {"name": name, "weights": weights, "sha256": file_sha256(weights)}
+    write_json(paths.provenance_file(cfg["group"], run), out)
 
 
 def cmd_evaluate(params: dict, args) -> None:
     cfg = run_config(params, args.run)
     ebm, ckpt = _model(cfg, args.run, _device(args))
+    _write_provenance(params, cfg, args.run, _device(args))
     metrics = {"iterations": ckpt["iteration"]}
     if ckpt.get("diverged"):  # the divergence instead of numbers (tables show "diverged")
         nothing = dict.fromkeys(metrics_of(cfg["evaluate"]))
@@ -378,6 +410,35 @@ def cmd_table(params: dict, args) -> None:
     print(f"wrote {table['output']} ({len(rows)} rows)")
 
 
+def _read_version(path: str, rev: str | None) -> str | None:
+    """A file's text in the working tree, or at git revision ``rev``; None where it does not exist."""
+    import subprocess
+
+    if rev is None:
+        return Path(path).read_text() if Path(path).exists() else None
+    done = subprocess.run(["git", "show", f"{rev}:{Path(path).as_posix()}"], capture_output=True, text=True)
+    return done.stdout if done.returncode == 0 else None
+
+
+def cmd_compare(params: dict, args) -> None:
+    """Each metrics file at ``--rev`` (default HEAD) against the working tree, or two files against each other."""
+    from drl.report.compare import compare, load, provenance_notes, provenance_path, render
+
+    if args.rev is None and len(args.files) == 2:
+        pairs = [(args.files[0], None, args.files[1], None)]
+    else:
+        rev = args.rev or "HEAD"
+        pairs = [(f, rev, f, None) for f in args.files]
+    for old_path, old_rev, new_path, new_rev in pairs:
+        old, new = load(_read_version(old_path, old_rev)), load(_read_version(new_path, new_rev))
+        where = f"{old_path}{'@' + old_rev if old_rev else ''} -> {new_path}"
+        if old is None or new is None:
+            raise DataError(f"{where}: {'the old' if old is None else 'the new'} version does not exist")
+        notes = provenance_notes(load(_read_version(str(provenance_path(old_path)), old_rev)),
+                                 load(_read_version(str(provenance_path(new_path)), new_rev)))
+        print(f"== {where}\n{render(compare(old, new, args.z), notes, args.z)}\n")
+
+
 def cmd_missing_input(params: dict, args) -> None:
     """Explain a raw dataset file or weights file that the workflow needs but cannot make."""
     from drl.data.prepare import LOADERS, raw_inputs
@@ -461,9 +522,15 @@ def main(argv=None) -> int:
     sp = sub.add_parser("missing-input", help="explain a missing raw dataset or weights file (exit code 2)")
     sp.add_argument("--path", required=True)
     sub.add_parser("validate", help="validate params.yaml and exit")
+    sp = sub.add_parser("compare", help="is a change of metrics beyond their standard errors? (each file at --rev, "
+                                        "default HEAD, against the working tree; or two files)")
+    sp.add_argument("files", nargs="+", help="metrics JSON files")
+    sp.add_argument("--rev", help="git revision of the old versions (default: HEAD, unless two files are given)")
+    sp.add_argument("--z", type=float, default=2.0, help="a change beyond z standard errors is flagged (default 2)")
     args = p.parse_args(argv)
     fns = {"prepare": cmd_prepare, "figure": cmd_figure, "table": cmd_table, "extractor": cmd_extractor,
-           "refstats": cmd_refstats, "missing-input": cmd_missing_input, "dvc-yaml": cmd_dvc_yaml, "validate": cmd_validate}
+           "refstats": cmd_refstats, "missing-input": cmd_missing_input, "dvc-yaml": cmd_dvc_yaml, "validate": cmd_validate,
+           "compare": cmd_compare}
     fn = getattr(args, "fn", None) or fns[args.stage]
     from drl.evaluate.errors import EvaluationError
 

@@ -22,16 +22,17 @@ def _key(path) -> str:
 # What each evaluate subsection measures (the keys of the run's metrics JSON that tables may cite).
 EVALUATION_METRICS = {
     "quadrature": ("kl_nats", "test_ll_nats", "log_z_quadrature"),
-    "fidelity": ("fid", "is_mean", "is_std"),
-    "partition": ("log_z_ais", "log_z_ais_se", "test_ll_ais_nats", "test_bpd"),
+    "fidelity": ("fid", "fid_se", "is_mean", "is_mean_se", "is_std"),
+    "partition": ("log_z_ais", "log_z_ais_se", "test_ll_ais_nats", "test_ll_ais_nats_se", "test_bpd", "test_bpd_se"),
 }
 # Per chain length of a run's long_run section: metrics["long_run"]["<steps per level>"] (table rows
 # read them with ``select: long_run.<steps per level>``).
-LONG_RUN_METRICS = ("fid", "is_mean", "is_std", "log_z_ais", "log_z_ais_se", "acceptance_mean")
+LONG_RUN_METRICS = ("fid", "fid_se", "is_mean", "is_mean_se", "is_std", "log_z_ais", "log_z_ais_se", "acceptance_mean")
 
 
 # Snakemake rule names: a group of the same name would clash with its target rule.
-RESERVED_GROUPS = {"all", "prepare", "train", "sample", "extractor", "refstats", "evaluate", "figure", "table"}
+RESERVED_GROUPS = {"all", "prepare", "train", "sample", "long_run", "refstats", "evaluate", "figure", "table",
+                   "missing_input"}
 
 
 def metrics_of(evaluate: dict) -> set[str]:
@@ -78,9 +79,9 @@ def _semantic_errors(params: dict) -> list[str]:
                           f"choose another (reserved: {sorted(RESERVED_GROUPS)})")
     extractors = params.get("extractors", {})
     for name, ex in extractors.items():
-        need = {"inception": "weights", "classifier": "dataset"}.get(ex.get("kind"))
-        if need and need not in ex:
-            errors.append(f"extractors.{name}.{need}: required when kind is {ex['kind']!r}")
+        for need in {"inception": ("weights",), "classifier": ("weights", "dataset")}.get(ex.get("kind"), ()):
+            if need not in ex:
+                errors.append(f"extractors.{name}.{need}: required when kind is {ex['kind']!r}")
         if ex.get("kind") == "classifier" and ex.get("dataset") not in (None, *datasets):
             errors.append(f"extractors.{name}.dataset: {ex['dataset']!r} is not defined under datasets")
     for name, run in runs.items():

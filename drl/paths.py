@@ -16,8 +16,8 @@ PATTERNS = {
     "long_run": "results/{group}/runs/{run}/long_run.npz",
     "hmc_steps": "results/{group}/runs/{run}/hmc_steps.csv",
     "metrics": "results/{group}/metrics/{run}.json",
+    "provenance": "results/{group}/provenance/{run}.json",
     "figure": "results/{group}/figures/{figure}.png",
-    "extractor": "results/extractors/{extractor}.pt",
     "refstats": "data/stats/{dataset}/{split}_{extractor}.npz",
 }
 PREPARED_FILES = ("train.npy", "test.npy", "labels.npz", "manifest.json")
@@ -55,8 +55,8 @@ def figure_file(group: str, figure: str) -> Path:
     return Path(PATTERNS["figure"].format(group=group, figure=figure))
 
 
-def extractor_file(extractor: str) -> Path:
-    return Path(PATTERNS["extractor"].format(extractor=extractor))
+def provenance_file(group: str, run: str) -> Path:
+    return Path(PATTERNS["provenance"].format(group=group, run=run))
 
 
 def refstats_file(dataset: str, split: str, extractor: str) -> Path:

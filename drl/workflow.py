@@ -20,7 +20,6 @@ CODE = {
               "drl/perf.py"],
     "sample": ["drl/sample.py", "drl/mcmc.py", "drl/perf.py", "drl/report/figures.py"],
     "long_run": ["drl/hmc.py", "drl/mcmc.py", "drl/perf.py", "drl/evaluate/long_run.py", "drl/evaluate/partition.py"],
-    "extractor": ["drl/evaluate"],
     "refstats": ["drl/evaluate"],
     "evaluate": ["drl/evaluate"],
     "figure": ["drl/report"],
@@ -50,8 +49,9 @@ class Stage:
 
 def _run_files(params: dict, run: str) -> dict:
     group = params["runs"][run]["group"]
-    return {k: PATTERNS[k].format(group=group, run=run)
-            for k in ("model", "train_log", "train_config", "samples", "sample_grid", "long_run", "hmc_steps", "metrics")}
+    return {k: PATTERNS[k].format(group=group, run=run) for k in ("model", "train_log", "train_config", "samples",
+                                                                   "sample_grid", "long_run", "hmc_steps", "metrics",
+                                                                   "provenance")}
 
 
 def _prepared(dataset: str, split: str) -> str:
@@ -59,9 +59,9 @@ def _prepared(dataset: str, split: str) -> str:
 
 
 def extractor_inputs(params: dict, extractor: str) -> list[str]:
-    """The file a feature extractor is loaded from: local Inception weights, or the trained classifier."""
-    ex = params["extractors"][extractor]
-    return [ex["weights"]] if ex["kind"] == "inception" else [PATTERNS["extractor"].format(extractor=extractor)]
+    """The file a feature extractor is loaded from (local Inception weights, or the shipped classifier):
+    an input no stage writes, so that the measuring instrument never changes as a side effect of a run."""
+    return [params["extractors"][extractor]["weights"]]
 
 
 def reference_statistics(params: dict) -> set[tuple[str, str, str]]:
@@ -79,11 +79,6 @@ def _data_stages(params: dict) -> list[Stage]:
         prepared = PATTERNS["prepared"].format(dataset=ds)
         out.append(Stage(f"prepare_{ds}", "prepare", f"drl prepare --dataset {ds}", CODE["prepare"] + raw_inputs(dcfg),
                          [f"{prepared}/{f}" for f in PREPARED_FILES], [f"datasets.{ds}"]))
-    for name, ex in params.get("extractors", {}).items():
-        if ex["kind"] == "classifier":
-            out.append(Stage(f"extractor_{name}", "extractor", f"drl extractor --extractor {name}",
-                             [_prepared(ex["dataset"], "train"), _prepared(ex["dataset"], "test")] + CODE["extractor"],
-                             [PATTERNS["extractor"].format(extractor=name)], [f"extractors.{name}"]))
     for ds, split, ex in sorted(reference_statistics(params)):
         out.append(Stage(f"refstats_{ds}_{split}_{ex}", "refstats",
                          f"drl refstats --dataset {ds} --split {split} --extractor {ex}",
@@ -123,7 +118,7 @@ def _run_stages(params: dict, run: str) -> list[Stage]:
                          plots={f["hmc_steps"]: {"x": "t", "y": "step_size", "cache": False}}))
         eval_deps.append(f["long_run"])
     return out + [Stage(f"evaluate_{run}", "evaluate", f"drl evaluate --run {run}", eval_deps + CODE["evaluate"], [],
-                        eval_params, group, metrics=[f["metrics"]])]
+                        eval_params, group, metrics=[f["metrics"]], reports=[f["provenance"]])]
 
 
 def _report_stages(params: dict) -> list[Stage]:

@@ -78,13 +78,13 @@ def digits(tmp_path_factory):
     model, info = train_classifier(x_tr, y_tr, {"epochs": 10, "seed": 0}, test_images=x_te, test_labels=y_te)
     path = tmp_path_factory.mktemp("clf") / "classifier.pt"
     save_classifier(path, model, info)
-    return {"train": x_tr, "test": x_te, "model": model, "info": info, "cfg": {"kind": "classifier", "path": str(path)}}
+    return {"train": x_tr, "test": x_te, "model": model, "info": info, "cfg": {"kind": "classifier", "weights": str(path)}}
 
 
 def test_classifier_reaches_95_percent_and_reloads(digits):
     info = digits["info"]
     assert info["test_accuracy"] >= 0.95, info
-    reloaded = load_classifier(digits["cfg"]["path"])
+    reloaded = load_classifier(digits["cfg"]["weights"])
     x = to_input(torch.from_numpy(digits["test"][:16].transpose(0, 3, 1, 2).copy()))
     torch.testing.assert_close(reloaded(x)[1], digits["model"](x)[1])
 
@@ -163,7 +163,7 @@ def test_bad_extractor_configs(tmp_path, digits):
         extract_features(np.zeros((2, 8, 8, 3), np.uint8), resolve_extractor(digits["cfg"]), ["features"])
     with pytest.raises(EvaluationError, match="uint8"):
         extract_features(np.zeros((2, 8, 8, 1), np.float32), resolve_extractor(digits["cfg"]), ["features"])
-    with pytest.raises(EvaluationError, match="classifier checkpoint not found"):
-        resolve_extractor({"kind": "classifier", "path": str(tmp_path / "none.pt")})
+    with pytest.raises(EvaluationError, match="classifier weights not found"):
+        resolve_extractor({"kind": "classifier", "weights": str(tmp_path / "none.pt")})
     with pytest.raises(EvaluationError, match="unknown extractor kind"):
         resolve_extractor({"kind": "vgg"})

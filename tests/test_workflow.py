@@ -133,7 +133,8 @@ datasets:
   checkerboard: {source: toy, toy: checkerboard, n_train: 2000, n_test: 500, seed: 0}
   digits: {source: digits, test_fraction: 0.1, seed: 0}
 extractors:
-  digits_classifier: {kind: classifier, dataset: digits, width: 8, epochs: 1, batch_size: 64, lr: 1.0e-3, seed: 0}
+  digits_classifier: {kind: classifier, dataset: digits, weights: drl/evaluate/extractors/digits_classifier.pt,
+                      sha256: SHIPPED_SHA256}
 runs:
   digits_t6:
     group: demo
@@ -209,6 +210,10 @@ tables:
 """
 
 
+# the shipped classifier, the one instrument of every digits FID/IS
+TINY = TINY.replace("SHIPPED_SHA256", load_params(ROOT / "params.yaml")["extractors"]["digits_classifier"]["sha256"])
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """A copy of the project with the tiny params.yaml, in its own git + DVC repository."""
@@ -245,7 +250,13 @@ def test_snakemake_runs_the_tiny_pipeline_and_reruns_on_param_change(project):
     assert d["iterations"] == 6 and d["fid"] > 0 and d["extractor"] == "digits_classifier" and d["test_bpd"] > 0
     assert np.load(project / "results/demo/runs/digits_t6/samples.npy").shape == (40, 8, 8, 1)
     table = (project / "results/demo/table_digits.csv").read_text().splitlines()
-    assert table[0] == "section,label,source,run,extractor,fid,fid_paper,is_mean,is_mean_paper,test_bpd,test_bpd_paper"
+    assert table[0] == ("section,label,source,run,extractor,fid,fid_se,fid_paper,is_mean,is_mean_se,is_mean_paper,"
+                        "test_bpd,test_bpd_se,test_bpd_paper")
+    assert d["fid_se"] > 0 and d["fid_ci_low"] < d["fid_ci_high"] and d["n_bootstrap"] == 200 and d["test_bpd_se"] > 0
+    # beside the metrics: the instrument and the machines
+    prov = json.loads((project / "results/demo/provenance/digits_t6.json").read_text())
+    assert prov["extractor"]["sha256"] == d["extractor_description"]["sha256"]
+    assert prov["trained_on"]["cpu"] and prov["evaluated_on"]["torch_cpu_capability"]
     assert table[2].startswith(",digits T6,measured,digits_t6,digits_classifier,")
     assert (project / "results/demo/runs/toy_checkerboard_drl/config.json").exists()
     assert m["log_z_ais_method"] == "ais_hmc" and np.isfinite(m["log_z_ais"] - m["log_z_quadrature"])

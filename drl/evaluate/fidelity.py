@@ -12,12 +12,19 @@ saved as .npz; ``fid_is`` scores samples against it.  Extractor config dicts:
     {"kind": "inception", "weights": "<dir>/weights-inception-2015-12-05-6726825d.pth"}
         torch-fidelity's ``inception-v3-compat`` (the TF Inception of the standard FID code):
         pool3 (2048-d) for FID, unbiased logits for IS; any image size (resized to 299).
-    {"kind": "classifier", "path": "results/.../classifier.pt"}
+    {"kind": "classifier", "weights": "drl/evaluate/extractors/digits_classifier.pt"}
         a ``drl.evaluate.classifier.SmallCNN`` checkpoint: penultimate layer for FID, logits for IS.
+
+Either may carry ``"sha256"``: the file is then checked before use, so that an FID is only ever
+computed with the instrument the config names (a retrained classifier is another instrument).
+
+Uncertainty: ``fid_is`` also gives a bootstrap over the samples (``bootstrap``): the FID and IS of
+``n`` samples drawn with replacement from the samples' features, repeated; the reference statistics
+are held fixed.  It measures how much the metric moves with the finite sample set alone, not with
+training (for that, train several seeds).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +37,7 @@ from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics
 from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, KEY_METRIC_ISC_STD, isc_features_to_metric
 from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
 
+from drl.data.raw import file_sha256
 from drl.evaluate.classifier import CLASSIFIER_EXTRACTOR, ClassifierExtractor
 from drl.evaluate.errors import EvaluationError
 from drl.io import np_savez
@@ -38,6 +46,9 @@ INCEPTION_WEIGHTS_URL = URL_INCEPTION_V3
 INCEPTION_WEIGHTS_FILE = URL_INCEPTION_V3.rsplit("/", 1)[1]  # weights-inception-2015-12-05-6726825d.pth
 INCEPTION_WEIGHTS_DEFAULT = f"data/weights/{INCEPTION_WEIGHTS_FILE}"
 WEIGHTS_PARAM = "extractors.inception.weights"  # the params.yaml key that names the Inception file
+# What ``fid_is`` reports per sample set (with the bootstrap's fields when it ran).
+FIDELITY_FIELDS = ("fid", "fid_se", "fid_ci_low", "fid_ci_high", "is_mean", "is_mean_se", "is_mean_ci_low",
+                   "is_mean_ci_high", "is_std", "n_samples", "n_bootstrap")
 
 
 @dataclass(frozen=True)
@@ -53,16 +64,8 @@ class Extractor:
 
     def describe(self) -> dict:
         """What produced a set of statistics; ``identity`` of it must match between data and samples."""
-        return {"kind": self.kind, "name": self.name, "file": self.path.name, "sha256": _sha256(self.path),
+        return {"kind": self.kind, "name": self.name, "file": self.path.name, "sha256": file_sha256(self.path),
                 "fid_feature": self.fid_feature, "is_feature": self.is_feature}
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def identity(description: dict) -> dict:
@@ -77,23 +80,38 @@ def missing_inception_message(path) -> str:
             f"'{WEIGHTS_PARAM}' at where it is. Nothing is downloaded at run time.")
 
 
-def resolve_extractor(cfg: dict) -> Extractor:
-    """Validate an extractor config dict (see module docstring); files are checked before any compute."""
+def checkfile_sha256(path: Path, expected: str | None, key: str = "sha256") -> None:
+    """Raise EvaluationError when ``path``'s sha256 is not ``expected`` (no check when None)."""
+    if expected is None:
+        return
+    actual = file_sha256(path)
+    if actual != expected.lower():
+        raise EvaluationError(
+            f"{path}: sha256 {actual} differs from the {expected} that params.yaml '{key}' names. This file is "
+            f"another measuring instrument: FID/IS computed with it are not comparable with the committed ones. "
+            f"Restore the file (`git checkout -- {path}`), or, if you retrained it on purpose, set '{key}' to {actual}")
+
+
+def resolve_extractor(cfg: dict, key: str = "extractors.<name>") -> Extractor:
+    """Validate an extractor config dict (see module docstring); files, and their sha256 where the config
+    gives one, are checked before any compute.  ``key``: the config's place in params.yaml, for messages."""
     kind = cfg.get("kind")
+    if kind not in ("inception", "classifier"):
+        raise EvaluationError(f"unknown extractor kind {kind!r}: expected 'inception' or 'classifier'")
+    path = Path(cfg["weights"])
     if kind == "inception":
-        path = Path(cfg["weights"])
         if not path.is_file():
             raise EvaluationError(missing_inception_message(path))
+        checkfile_sha256(path, cfg.get("sha256"), f"{key}.sha256")
         return Extractor(kind, "inception-v3-compat", path, 3, "2048", "logits_unbiased")
-    if kind == "classifier":
-        path = Path(cfg["path"])
-        if not path.is_file():
-            raise EvaluationError(f"classifier checkpoint not found at '{path}': run the stage that trains it "
-                                  f"(drl.evaluate.classifier.train_classifier) first")
-        channels = torch.load(path, map_location="cpu", weights_only=True)["args"]["in_channels"]
-        return Extractor(kind, CLASSIFIER_EXTRACTOR, path, channels, *(
-            ClassifierExtractor.get_default_feature_layer_for_metric(m) for m in ("fid", "isc")))
-    raise EvaluationError(f"unknown extractor kind {kind!r}: expected 'inception' or 'classifier'")
+    if not path.is_file():
+        raise EvaluationError(f"classifier weights not found at '{path}' ({key}.weights): the digits classifier "
+                              f"ships with the repository (restore it with `git checkout -- {path}`); another "
+                              f"classifier is trained once, on purpose, by `drl extractor --extractor NAME`")
+    checkfile_sha256(path, cfg.get("sha256"), f"{key}.sha256")
+    channels = torch.load(path, map_location="cpu", weights_only=True)["args"]["in_channels"]
+    return Extractor(kind, CLASSIFIER_EXTRACTOR, path, channels, *(
+        ClassifierExtractor.get_default_feature_layer_for_metric(m) for m in ("fid", "isc")))
 
 
 class ImageArray(Dataset):
@@ -163,21 +181,50 @@ def load_reference_statistics(path) -> dict:
         return {"mu": z["mu"], "sigma": z["sigma"], "n": int(z["n"]), "extractor": json.loads(str(z["extractor"]))}
 
 
+def bootstrap(fid_features: torch.Tensor, logits: torch.Tensor, ref_stats: dict, n_boot: int, is_splits: int,
+              seed: int = 0) -> dict:
+    """Bootstrap over the samples (Efron 1979): FID and IS of ``n_boot`` resamples, each of the samples'
+    count drawn with replacement (numpy ``default_rng(seed)``), the reference statistics fixed.
+
+    Returns, for m in (fid, is_mean): ``m_se`` (the standard deviation of the resampled values, the
+    metric's standard error over sample sets) and ``m_ci_low`` / ``m_ci_high`` (their 2.5 and 97.5
+    percentiles).  A resample repeats about a third of the samples, so the resampled FIDs sit above
+    the FID of the full set (and resampled IS below): the interval is shifted, its width is the
+    informative part, and the se is the spread the tables print."""
+    if n_boot < 2:
+        raise EvaluationError(f"the bootstrap needs at least 2 resamples, got {n_boot}")
+    rng, n = np.random.default_rng(seed), len(fid_features)
+    fids, iss = [], []
+    for _ in range(n_boot):
+        idx = torch.from_numpy(rng.integers(0, n, n))
+        fids.append(frechet_distance(fid_features_to_statistics(fid_features[idx]), ref_stats))
+        iss.append(inception_score(logits[idx], is_splits)[0])
+    out = {"n_bootstrap": n_boot}
+    for name, values in (("fid", fids), ("is_mean", iss)):
+        lo, hi = np.percentile(values, [2.5, 97.5])
+        out.update({f"{name}_se": float(np.std(values, ddof=1)), f"{name}_ci_low": float(lo), f"{name}_ci_high": float(hi)})
+    return out
+
+
 def fid_is(samples: np.ndarray, ref_stats: dict, extractor_cfg: dict, is_splits: int = 10, batch_size: int = 64,
-           device: str = "cpu") -> dict:
-    """FID of uint8 (N, H, W, C) samples against ``ref_stats`` and their IS, one extraction pass.
+           device: str = "cpu", n_bootstrap: int = 0, seed: int = 0) -> dict:
+    """FID of uint8 (N, H, W, C) samples against ``ref_stats`` and their IS, one extraction pass; with
+    ``n_bootstrap`` > 0 also their bootstrap standard errors and intervals (``bootstrap``).
 
     Raises EvaluationError before any compute when the extractor differs from the one that made
-    ``ref_stats``, its file is missing, or ``is_splits`` exceeds the sample count.
+    ``ref_stats``, its file is missing or not the one named, or ``is_splits`` exceeds the sample count.
     """
     ex = resolve_extractor(extractor_cfg)
     desc = ex.describe()
     if identity(desc) != identity(ref_stats["extractor"]):
         raise EvaluationError(f"reference statistics come from extractor {ref_stats['extractor']}, "
-                              f"samples would use {desc}")
+                              f"samples would use {desc}; rerun the refstats stage")
     if not 1 <= is_splits <= len(samples):
         raise EvaluationError(f"IS needs 1 <= is_splits <= number of samples, got {is_splits} and {len(samples)}")
     feats = extract_features(samples, ex, [ex.fid_feature, ex.is_feature], batch_size, device)
     is_mean, is_std = inception_score(feats[ex.is_feature], is_splits)
-    return {"fid": frechet_distance(fid_features_to_statistics(feats[ex.fid_feature]), ref_stats),
-            "is_mean": is_mean, "is_std": is_std, "n_samples": len(samples), "extractor": desc}
+    out = {"fid": frechet_distance(fid_features_to_statistics(feats[ex.fid_feature]), ref_stats),
+           "is_mean": is_mean, "is_std": is_std, "n_samples": len(samples), "extractor": desc}
+    if n_bootstrap:
+        out.update(bootstrap(feats[ex.fid_feature], feats[ex.is_feature], ref_stats, n_bootstrap, is_splits, seed))
+    return out

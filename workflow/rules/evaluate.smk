@@ -1,21 +1,3 @@
-rule extractor:
-    input:
-        inputs_of("extractor"),
-    output:
-        PATTERNS["extractor"],
-    params:
-        cmd=cmd_of("extractor"),
-        values=params_of("extractor"),
-    log:
-        "logs/extractor/{extractor}.log",
-    threads: 1
-    resources:
-        mem_mb=4000,
-        runtime=60,
-    shell:
-        "{params.cmd} > {log} 2>&1"
-
-
 rule refstats:
     input:
         inputs_of("refstats"),
@@ -61,6 +43,7 @@ rule evaluate:
         inputs_of("metrics"),
     output:
         report(PATTERNS["metrics"], category="Metrics"),
+        PATTERNS["provenance"],
     params:
         cmd=cmd_of("metrics"),
         values=params_of("metrics"),
