@@ -9,7 +9,7 @@ CORES ?= all
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install demo test test-all clean-demo gpu-wheels
+.PHONY: install demo test test-isa test-all clean-demo gpu-wheels
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,16 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+	$(MAKE) --no-print-directory test-isa
+
+# make test-isa: the rounding-sensitive tests (marker `rounding`) again on a second CPU instruction path,
+# so that their tolerances are proven on two kernel sequences on any machine: on an AVX-512 CPU the AVX2
+# kernels, elsewhere the generic (no AVX) ones.  tests/test_rounding_path.py checks that torch took it.
+ISA_PATH := $(shell grep -qw avx512f /proc/cpuinfo 2>/dev/null \
+	&& echo "ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2" \
+	|| echo "ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=SSE4_2 ONEDNN_MAX_CPU_ISA=SSE41")
+test-isa: $(STAMP)
+	env $(ISA_PATH) $(BIN)/python -m pytest -m rounding -p no:cacheprovider
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -m ""

@@ -98,6 +98,7 @@ def test_langevin_and_normal_approximation_use_supplied_noise():
 
 
 # ---------------------------------------------------------------------------------- interpolation
+@pytest.mark.rounding
 @pytest.mark.parametrize("make_ebm,shape,K", [
     (lambda: _oracle_ebm(MIXTURE), (2,), 5),
     (lambda: _oracle_ebm(MIXTURE), (2,), 0),

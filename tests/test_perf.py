@@ -17,6 +17,7 @@ from drl.config import SCHEMA_PATH
 from drl.mcmc import langevin
 from drl.train import Objective, build_model, train
 from test_train import tiny_cfg, train_until_first_checkpoint
+from rounding import reordered
 from test_wrn import perturbed, small_ebm
 
 TINY_WRN = {"kind": "wrn", "resolution": 8, "in_channels": 3, "ch": 8, "ch_mult": [1, 2], "n_blocks": 1,
@@ -155,9 +156,17 @@ def test_a_perf_only_change_may_resume(tmp_path, monkeypatch):
 
 # -- channels_last --------------------------------------------------------------------------------
 
+@pytest.mark.rounding
 def test_channels_last_computes_the_same_chain_and_training(tmp_path):
-    """Convolutions in channels-last order sum in another order: a K = 10 chain agrees to 1e-5
-    (measured: 2.4e-7), 5 training iterations' weights to 1e-5 (measured: 1.2e-7)."""
+    """Convolutions in channels-last order sum in another order (other kernels): not bitwise.
+
+    * A K = 10 chain of O(1) values, each step a forward and backward through 6 convolutions: about
+      100 reordered reductions, so atol 100 eps = 1.2e-5 (measured: 2.4e-7 on AVX2).
+    * 5 training iterations: Adam passes each coordinate's relative gradient error into its step,
+      so a coordinate whose gradient nearly cancels can move by a sizeable part of its own step
+      (one weight of 144 differed by 1.3e-5 on an AVX-512 CPU).  The comparison is therefore of the
+      whole update: |w_cl - w| / |w - w_init| over all parameters <= 1e-4 (measured: 1.9e-7 on AVX2
+      and on the no-AVX path); a wrong convolution moves it to O(1)."""
     torch.manual_seed(0)
     plain = perturbed(small_ebm())
     fast = perf.configure(copy.deepcopy(plain), {"channels_last": True}, "cpu")
@@ -166,13 +175,17 @@ def test_channels_last_computes_the_same_chain_and_training(tmp_path):
     x, t = _chain_inputs(plain)
     y = langevin(plain, x, t, 10, generator=torch.Generator().manual_seed(1))
     y_fast = langevin(fast, x, t, 10, generator=torch.Generator().manual_seed(1))
-    torch.testing.assert_close(y_fast, y, rtol=0, atol=1e-5)
+    torch.testing.assert_close(y_fast, y, rtol=0, atol=reordered(1.0, 100))
     cfg = _cfg("wrn", iterations=5)
     a = torch.load(train(cfg, _data("wrn"), tmp_path / "plain", progress=False), weights_only=False)
     b = torch.load(train({**cfg, "perf": {"channels_last": True}}, _data("wrn"), tmp_path / "cl", progress=False),
                    weights_only=False)
-    for k in a["model"]:
-        torch.testing.assert_close(b["model"][k], a["model"][k], rtol=0, atol=1e-5)
+    torch.manual_seed(cfg["train"]["seed"])   # the initial weights, as train builds them
+    init = build_model({k: cfg[k] for k in ("diffusion", "energy", "sampler")}).state_dict()
+    params = [k for k, _ in build_model({k: cfg[k] for k in ("diffusion", "energy", "sampler")}).named_parameters()]
+    diff = torch.cat([(b["model"][k] - a["model"][k]).flatten() for k in params]).double().norm()
+    update = torch.cat([(a["model"][k] - init[k]).flatten() for k in params]).double().norm()
+    assert update > 0 and diff / update <= 1e-4, (diff / update).item()
 
 
 # -- compile --------------------------------------------------------------------------------------
@@ -187,6 +200,7 @@ def _fresh_compile():
     return lambda: counters["stats"]["unique_graphs"] - start
 
 
+@pytest.mark.rounding
 @pytest.mark.parametrize("net", ["mlp", "wrn"])
 def test_compiled_chain_matches_the_eager_chain(net):
     """The compiled score (parameters detached, spectral norms frozen) in a K = 10 chain, in training

@@ -1,0 +1,15 @@
+"""The second instruction path of `make test-isa` is really taken: with ATEN_CPU_CAPABILITY set,
+torch's CPU kernels report that capability (a misspelt value would silently keep the default path,
+and the rerun would prove nothing)."""
+import os
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.rounding
+
+
+@pytest.mark.skipif("ATEN_CPU_CAPABILITY" not in os.environ, reason="no instruction path forced (make test-isa does)")
+def test_the_forced_instruction_path_is_in_use():
+    assert torch.backends.cpu.get_cpu_capability() == os.environ["ATEN_CPU_CAPABILITY"].upper()
+
