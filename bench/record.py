@@ -9,33 +9,14 @@ from pathlib import Path
 import torch
 
 from drl.io import write_json, write_text
+from drl.provenance import cpu_flags, cpu_model
 
 MARKER = "<!-- bench/run.py appends one row per run and variant below this line -->"
 HEADER = ("| date (UTC) | machine | mode, variant | load 1-min (start → end) | ceiling GFLOP/s (start / end / best) "
           "| train MFU: C10 N=2 · N=5 · N=8 | train MFU: toy · digits WRN · digits MLP "
           "| sample MFU: C10 N=8 · toy · digits WRN · digits MLP | eval MFU: HMC · AIS · Inception · classifier "
-          "| C10 N=8 train s/iter (B, K) | C10 N=2 B=16: train MFU, s/iter (TF2: 38.6) | wall s |\n"
+          "| C10 N=8 train s/iter (B, K) | C10 N=2 B=16: train MFU, s/iter | wall s |\n"
           "|---|---|---|---|---|---|---|---|---|---|---|---|")
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 def _memory_gib() -> float | None:
@@ -56,9 +37,10 @@ def loadavg() -> float | None:
 
 
 def machine(device: str) -> dict:
-    flags = _cpu_flags()
+    flags = cpu_flags()
     simd = [f for f in ("avx512f", "avx2", "avx", "neon") if f in flags][:1]
-    out = {"cpu": _cpu_model(), "cores": os.cpu_count(), "simd": simd[0] if simd else None,
+    out = {"cpu": cpu_model(), "cores": os.cpu_count(), "simd": simd[0] if simd else None,
+           "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
            "virtualised": "hypervisor" in flags, "memory_gib": _memory_gib(), "torch": torch.__version__,
            "threads": torch.get_num_threads(), "device": device, "python": platform.python_version()}
     if device.startswith("cuda"):
@@ -70,6 +52,7 @@ def machine(device: str) -> dict:
 
 def describe(m: dict) -> str:
     s = f"{m['cpu']}, {m['cores']} cores" + (f" {m['simd'].upper()}" if m.get("simd") else "")
+    s += f" (kernels: {m['torch_cpu_capability']})" if m.get("torch_cpu_capability") else ""
     s += " (VM)" if m.get("virtualised") else ""
     if m.get("memory_gib"):
         s += f", {m['memory_gib']:.0f} GiB"

@@ -163,11 +163,6 @@ def main(argv: list[str] | None = None) -> dict:
             g = goals[r["goal"]] if not device.startswith("cuda") else 0.40
             m = r["train_step"]["mfu"]
             print(f"goal {key}: train MFU {m:.2f} vs {g:.2f}: {'met' if m >= g else 'not met'}")
-            ref = r.get("reference")
-            if ref and scale == "cpu":
-                x = ref["seconds"] / r["train_step"]["seconds"]
-                print(f"goal {key}: {r['train_step']['seconds']:.1f} s per iteration vs {ref['seconds']} s for {ref['what']}: "
-                      f"{x:.2f}x faster vs {ref['goal_speedup']}x: {'met' if x >= ref['goal_speedup'] else 'not met'}")
 
     out_dir.mkdir(parents=True, exist_ok=True)
     record.write_latest(out_dir / "latest.json", result)
