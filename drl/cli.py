@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from drl import paths
-from drl.config import LONG_RUN_METRICS, ParamsError, load_params, metrics_of, run_config
+from drl.config import LONG_RUN_METRICS, ParamsError, load_params, metrics_of, run_config, seed_runs
 from drl.data.points import DataError
 from drl.io import Busy, exclusive, np_save, np_savez, savefig, write_json, write_text
 
@@ -404,7 +404,7 @@ def cmd_table(params: dict, args) -> None:
         group = params["runs"][run]["group"]
         return load_metrics(_require(paths.metrics_file(group, run), f"drl evaluate --run {run}"))
 
-    rows = table_rows(table, metrics_of_run)
+    rows = table_rows(table, metrics_of_run, lambda run: seed_runs(params, run))
     write_text(table["output"], to_csv(rows))
     write_text(paths.table_markdown(table["output"]), to_markdown(table["title"], table["columns"], rows))
     print(f"wrote {table['output']} ({len(rows)} rows)")

@@ -146,11 +146,72 @@ def _validator() -> jsonschema.Draft202012Validator:
 
 
 def validate(params: dict, source: str = "params.yaml") -> dict:
-    errors = [f"{_key(e.absolute_path)}: {e.message}" for e in _validator().iter_errors(params)]
+    """Check ``params`` against the schema and the rules above, then expand training seeds in place
+    (``expand_seeds``); returns it."""
+    written = {k: v for k, v in params.get("runs", {}).items() if SEED_OF not in v}
+    errors = [f"{_key(e.absolute_path)}: {e.message}"
+              for e in _validator().iter_errors({**params, **({"runs": written} if "runs" in params else {})})]
     if not errors:
-        errors = _semantic_errors(params)
+        errors = _semantic_errors({**params, **({"runs": written} if "runs" in params else {})})
+        errors += _seed_errors(params)
     if errors:
         raise ParamsError(f"{source} has {len(errors)} problem(s):\n  - " + "\n  - ".join(sorted(errors)))
+    return expand_seeds(params)
+
+
+# A run with ``seeds: [s0, s1, ...]`` is trained once per seed: the run itself with train.seed = s0,
+# and one more run per further seed, named ``<run>_seed<s>``, identical but for train.seed.  The
+# copies exist in the loaded params only (the workflow expands them; nobody copies runs by hand);
+# each records the run it comes from under SEED_OF, whose params.yaml keys its stages track.
+SEED_OF = "seed_of"
+
+
+def seed_run_name(run: str, seed: int) -> str:
+    return f"{run}_seed{seed}"
+
+
+def seed_runs(params: dict, run: str) -> list[str]:
+    """The runs that train ``run``'s configuration, one per seed (``[run]`` without ``seeds``)."""
+    seeds = params["runs"][run].get("seeds")
+    return [run] + [seed_run_name(run, s) for s in seeds[1:]] if seeds else [run]
+
+
+def source_run(params: dict, run: str) -> str:
+    """The params.yaml run a (possibly expanded) run comes from."""
+    return params["runs"][run].get(SEED_OF, run)
+
+
+def _seed_errors(params: dict) -> list[str]:
+    errors, runs = [], params.get("runs", {})
+    for name, run in runs.items():
+        if SEED_OF in run:
+            base = runs.get(run[SEED_OF], {})
+            if name != seed_run_name(run[SEED_OF], run.get("train", {}).get("seed")) or \
+                    run["train"]["seed"] not in base.get("seeds", [])[1:]:
+                errors.append(f"runs.{name}.{SEED_OF}: set by the workflow for the copies of a run with seeds; "
+                              f"remove it (list the run's seeds under runs.<run>.seeds instead)")
+            continue
+        seeds = run.get("seeds")
+        if not seeds:
+            continue
+        if seeds[0] != run["train"]["seed"]:
+            errors.append(f"runs.{name}.seeds: the first seed ({seeds[0]}) must be the run's own train.seed "
+                          f"({run['train']['seed']}): the run itself is the first of its seeds")
+        for s in seeds[1:]:
+            copy_name = seed_run_name(name, s)
+            if copy_name in runs and runs[copy_name].get(SEED_OF) != name:
+                errors.append(f"runs.{name}.seeds: seed {s} would train run {copy_name!r}, which params.yaml "
+                              f"defines itself; rename that run")
+    return errors
+
+
+def expand_seeds(params: dict) -> dict:
+    """Add the per-seed copies of every run with ``seeds`` to ``params["runs"]`` (in place; again a no-op)."""
+    runs = params.get("runs", {})
+    for name, run in list(runs.items()):
+        for s in (run.get("seeds") or [])[1:] if SEED_OF not in run else ():
+            copy = {k: v for k, v in run.items() if k != "seeds"}
+            runs[seed_run_name(name, s)] = {**copy, "train": {**run["train"], "seed": s}, SEED_OF: name}
     return params
 
 
@@ -168,6 +229,7 @@ def load_params(path: str | Path = "params.yaml") -> dict:
 
 
 def run_config(params: dict, run: str) -> dict:
+    """A run's section, the per-seed copies of runs with ``seeds`` included."""
     if run not in params["runs"]:
         raise ParamsError(f"run {run!r} is not defined under runs in params.yaml (defined: {sorted(params['runs'])})")
     return params["runs"][run]

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from drl.config import seed_runs, source_run
 from drl.paths import PATTERNS, PREPARED_FILES, table_markdown
 
 # Code each kind of stage runs (DVC reruns a stage when its code changes).
@@ -96,8 +97,10 @@ def train_command(cfg: dict, run: str) -> str:
 def _run_stages(params: dict, run: str) -> list[Stage]:
     cfg, f = params["runs"][run], _run_files(params, run)
     group, ev = cfg["group"], cfg["evaluate"]
+    src = source_run(params, run)   # a seed's copy reads its run's params.yaml keys (and its seeds)
     perf = ("perf",) if "perf" in cfg else ()  # optional; it can change results (sn_power_iteration, summation order)
-    eval_deps, eval_params = [f["model"]], [f"runs.{run}.{s}" for s in ("evaluate", *perf)] + [f"datasets.{cfg['dataset']}"]
+    seeds = ("seeds",) if "seeds" in params["runs"][src] else ()
+    eval_deps, eval_params = [f["model"]], [f"runs.{src}.{s}" for s in ("evaluate", *perf)] + [f"datasets.{cfg['dataset']}"]
     if "quadrature" in ev or "partition" in ev:
         eval_deps.append(_prepared(cfg["dataset"], "test"))
     if "fidelity" in ev:
@@ -107,14 +110,14 @@ def _run_stages(params: dict, run: str) -> list[Stage]:
         eval_params.append(f"extractors.{ex}")
     out = [
         Stage(f"train_{run}", "train", train_command(cfg, run), [_prepared(cfg["dataset"], "train")] + CODE["train"],
-              [f["model"], f["train_config"]], [f"runs.{run}.{s}" for s in MODEL_SECTIONS + perf], group,
+              [f["model"], f["train_config"]], [f"runs.{src}.{s}" for s in MODEL_SECTIONS + perf + seeds], group,
               plots={f["train_log"]: {"x": "iteration", "y": "loss", "cache": True}}),  # (has wall times)
         Stage(f"sample_{run}", "sample", f"drl sample --run {run}", [f["model"]] + CODE["sample"],
-              [f["samples"], f["sample_grid"]], [f"runs.{run}.{s}" for s in ("sample", *perf)], group),
+              [f["samples"], f["sample_grid"]], [f"runs.{src}.{s}" for s in ("sample", *perf)], group),
     ]
     if "long_run" in cfg:  # Section 4.2: adapted HMC step sizes, then chains of each length
         out.append(Stage(f"long_run_{run}", "long_run", f"drl long-run --run {run}", [f["model"]] + CODE["long_run"],
-                         [f["long_run"]], [f"runs.{run}.{s}" for s in ("long_run", *perf)], group,
+                         [f["long_run"]], [f"runs.{src}.{s}" for s in ("long_run", *perf)], group,
                          plots={f["hmc_steps"]: {"x": "t", "y": "step_size", "cache": False}}))
         eval_deps.append(f["long_run"])
     return out + [Stage(f"evaluate_{run}", "evaluate", f"drl evaluate --run {run}", eval_deps + CODE["evaluate"], [],
@@ -138,7 +141,7 @@ def _report_stages(params: dict) -> list[Stage]:
                          [f"figures.{fig}"] + [f"runs.{r}.{read}" for r in fcfg["runs"]], fcfg["group"],
                          reports=[PATTERNS["figure"].format(group=fcfg["group"], figure=fig)]))
     for name, tcfg in params.get("tables", {}).items():
-        runs = list(dict.fromkeys(r["run"] for r in tcfg["rows"] if "run" in r))
+        runs = list(dict.fromkeys(s for r in tcfg["rows"] if "run" in r for s in seed_runs(params, r["run"])))
         out.append(Stage(f"table_{name}", "table", f"drl table --table {name}",
                          [_run_files(params, r)["metrics"] for r in runs] + CODE["table"], [], [f"tables.{name}"],
                          tcfg["group"], reports=[tcfg["output"], str(table_markdown(tcfg["output"]))]))

@@ -250,14 +250,14 @@ def test_snakemake_runs_the_tiny_pipeline_and_reruns_on_param_change(project):
     assert d["iterations"] == 6 and d["fid"] > 0 and d["extractor"] == "digits_classifier" and d["test_bpd"] > 0
     assert np.load(project / "results/demo/runs/digits_t6/samples.npy").shape == (40, 8, 8, 1)
     table = (project / "results/demo/table_digits.csv").read_text().splitlines()
-    assert table[0] == ("section,label,source,run,extractor,fid,fid_se,fid_paper,is_mean,is_mean_se,is_mean_paper,"
-                        "test_bpd,test_bpd_se,test_bpd_paper")
+    assert table[0] == ("section,label,source,run,extractor,n_seeds,fid,fid_se,fid_sd_seeds,fid_paper,is_mean,"
+                        "is_mean_se,is_mean_sd_seeds,is_mean_paper,test_bpd,test_bpd_se,test_bpd_sd_seeds,test_bpd_paper")
     assert d["fid_se"] > 0 and d["fid_ci_low"] < d["fid_ci_high"] and d["n_bootstrap"] == 200 and d["test_bpd_se"] > 0
     # beside the metrics: the instrument and the machines
     prov = json.loads((project / "results/demo/provenance/digits_t6.json").read_text())
     assert prov["extractor"]["sha256"] == d["extractor_description"]["sha256"]
     assert prov["trained_on"]["cpu"] and prov["evaluated_on"]["torch_cpu_capability"]
-    assert table[2].startswith(",digits T6,measured,digits_t6,digits_classifier,")
+    assert table[2].startswith(",digits T6,measured,digits_t6,digits_classifier,1,")
     assert (project / "results/demo/runs/toy_checkerboard_drl/config.json").exists()
     assert m["log_z_ais_method"] == "ais_hmc" and np.isfinite(m["log_z_ais"] - m["log_z_quadrature"])
     # Section 4.2: adapted step sizes, chains of 1 and 3 steps per level, each scored, and a table row per length
@@ -267,7 +267,7 @@ def test_snakemake_runs_the_tiny_pipeline_and_reruns_on_param_change(project):
     steps = (project / "results/demo/runs/digits_t10/hmc_steps.csv").read_text().splitlines()
     assert steps[0] == "t,step_size,adapt_acceptance,acceptance_1,acceptance_3" and len(steps) == 11
     rows = (project / "results/demo/table_long_run.csv").read_text().splitlines()
-    assert rows[2].split(",")[5] == repr(lr["3"]["fid"])
+    assert rows[2].split(",")[6] == repr(lr["3"]["fid"])
     # one command yields the HTML report with the tables, figures, sample grids and metrics
     run(["snakemake", "--report", "report.html", "demo"], project)
     html = (project / "report.html").read_text()

@@ -6,29 +6,42 @@ import csv
 import io
 import json
 import math
+import statistics
 from pathlib import Path
 
 MEASURED, QUOTED = "measured", "quoted from the paper"
 
 
-def table_rows(table: dict, metrics_of_run) -> list[dict]:
+def table_rows(table: dict, metrics_of_run, seeds_of=lambda run: [run]) -> list[dict]:
     """One dict per row of ``table`` (a ``tables`` entry); ``metrics_of_run(run)`` returns that run's
-    metrics dict (``select: long_run.<k>`` reads its chains of k steps per level instead).  Columns:
-    section, label, source, run, extractor, then <metric>, <metric>_se (its standard error where the
-    metrics give one: the bootstrap over samples for FID/IS, over AIS chains for log Z) and
-    <metric>_paper.  A run whose training diverged shows "diverged" in its metric columns."""
+    metrics dict (``select: long_run.<k>`` reads its chains of k steps per level instead), and
+    ``seeds_of(run)`` the runs that train its configuration, one per training seed.
+
+    Columns: section, label, source, run, extractor, n_seeds, then per metric <metric>, <metric>_se,
+    <metric>_sd_seeds and <metric>_paper.  One seed: the run's value and its own standard error (the
+    bootstrap over samples for FID/IS, AIS chains for log Z).  Several: the mean over seeds, the
+    standard deviation over seeds, and the standard error of that mean (sd / sqrt(n)).  A row any of
+    whose runs diverged shows "diverged" in its metric columns."""
     rows = []
     for row in table["rows"]:
-        m = metrics_of_run(row["run"]) if "run" in row else {}
-        diverged = bool(m.get("diverged"))
+        ms = [metrics_of_run(r) for r in seeds_of(row["run"])] if "run" in row else [{}]
+        diverged = any(m.get("diverged") for m in ms)
         if "select" in row:
-            m = m["long_run"][row["select"].split(".")[1]]
+            ms = [m["long_run"][row["select"].split(".")[1]] for m in ms]
         out = {"section": row.get("section", ""), "label": row["label"],
                "source": MEASURED if "run" in row else QUOTED, "run": row.get("run", ""),
-               "extractor": m.get("extractor", "")}
+               "extractor": ms[0].get("extractor", ""), "n_seeds": len(ms) if "run" in row else ""}
         for col in table["columns"]:
-            out[col] = "diverged" if diverged else m.get(col, "")
-            out[f"{col}_se"] = "" if diverged or m.get(f"{col}_se") is None else m[f"{col}_se"]
+            values = [m.get(col) for m in ms]
+            out[col] = out[f"{col}_se"] = out[f"{col}_sd_seeds"] = ""
+            if diverged:
+                out[col] = "diverged"
+            elif len(ms) == 1:
+                out[col] = "" if values[0] is None else values[0]
+                out[f"{col}_se"] = "" if ms[0].get(f"{col}_se") is None else ms[0][f"{col}_se"]
+            elif all(isinstance(v, (int, float)) for v in values):
+                sd = statistics.stdev(values)
+                out[col], out[f"{col}_sd_seeds"], out[f"{col}_se"] = statistics.fmean(values), sd, sd / math.sqrt(len(ms))
             paper = row.get("paper", {}).get(col)
             out[f"{col}_paper"] = "" if paper is None else paper
         rows.append(out)
@@ -58,14 +71,25 @@ def _with_se(value, se) -> str:
 def to_markdown(title: str, columns: list[str], rows: list[dict]) -> str:
     head = ["", "Model / setting"] + [f"{c} (ours)" for c in columns] + [f"{c} (paper)" for c in columns] + ["source"]
     lines = [f"## {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    seeded = any(isinstance(r.get("n_seeds"), int) and r["n_seeds"] > 1 for r in rows)
     for r in rows:
         source = r["source"] + (f", {r['extractor']}" if r["extractor"] else "")
-        cells = ([r["section"], r["label"]] + [_with_se(r[c], r.get(f"{c}_se", "")) for c in columns]
+        if seeded and r.get("n_seeds"):
+            source += f", {r['n_seeds']} seed{'s' if r['n_seeds'] > 1 else ''}"
+        cells = ([r["section"], r["label"]]
+                 + [_with_se(r[c], r[f"{c}_sd_seeds"] if r.get(f"{c}_sd_seeds", "") != "" else r.get(f"{c}_se", ""))
+                    for c in columns]
                  + [_fmt(r[f"{c}_paper"]) for c in columns])
         lines.append("| " + " | ".join(cells + [source]) + " |")
-    note = ("", "± : standard error -- for FID and IS, the bootstrap over the samples (the spread a new sample set "
-                "would show; retraining moves a run more, see the README), for log Z over the AIS chains.")
-    return "\n".join(lines + (list(note) if any(r.get(f"{c}_se") != "" for r in rows for c in columns) else [])) + "\n"
+    notes = []
+    if seeded:
+        notes.append("Rows over several seeds: mean ± standard deviation over the training seeds (the spread "
+                     "retraining gives); the CSV also has the standard error of the mean.")
+    if any(r.get(f"{c}_se") != "" and r.get(f"{c}_sd_seeds", "") == "" for r in rows for c in columns):
+        notes.append("Rows of one run: ± its standard error -- for FID and IS the bootstrap over the samples (the "
+                     "spread another sample set of the same model would show; retraining moves a run more), for "
+                     "log Z over the AIS chains, for bits/dim over the test set and log Z.")
+    return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
 
 def load_metrics(path: str | Path) -> dict:
