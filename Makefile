@@ -42,7 +42,7 @@ test-all: $(STAMP)
 clean-demo:
 	rm -rf results/demo/runs data/prepared logs .snakemake
 
-# make bench: issue 6's benchmark harness (bench/run.py): this machine's matmul / 3x3-conv ceiling, then
+# make bench: the benchmark harness (bench/run.py): this machine's matmul / 3x3-conv ceiling, then
 # the DRL workloads' FLOP/s as a fraction of it (MFU); writes bench/latest.json and appends a dated row
 # to bench/RESULTS.md.  Options through BENCH_ARGS, e.g. BENCH_ARGS="--quick" or "--workloads toy_mlp".
 .PHONY: bench

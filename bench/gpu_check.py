@@ -1,4 +1,4 @@
-"""The GPU check of issue 6 (run by ``bench/gpu_check.sh OUT_DIR``): correctness of the CUDA paths
+"""The GPU check (run by ``bench/gpu_check.sh OUT_DIR``): correctness of the CUDA paths
 against a CPU float64 reference, training-iteration MFU of the paper's CIFAR-10 network (N = 8,
 B = 256, K = 30) in bf16 and fp32, sampling throughput, FID feature extraction, and projected wall
 times of the paper's 50k-iteration run and of FID-50k sampling.  A short table is printed last;
@@ -387,7 +387,7 @@ def _table(res: dict, best: dict, nominal: dict | None) -> str:
             lines.append(d["reason"])
     for k, v in {**res["skipped"], **res["errors"]}.items():
         lines.append(f"\n{k}: {v}")
-    lines.append("\nGoals (issue 6): bf16 MFU >= 0.40, paper run <= 8 h, FID-50k sampling <= 10 min.")
+    lines.append("\nGoals: bf16 MFU >= 0.40, paper run <= 8 h, FID-50k sampling <= 10 min.")
     return "\n".join(lines)
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 6's GPU check: correctness of the CUDA paths against CPU float64, training MFU of the paper's
+# The GPU check: correctness of the CUDA paths against CPU float64, training MFU of the paper's
 # CIFAR-10 network (N = 8, B = 256, K = 30) in bf16 and fp32, sampling and FID-feature throughput,
 # projected wall times of the 50k-iteration run and of FID-50k sampling, and last, with more than one
 # GPU visible, DDP weak scaling over 1, 2, 4, ... GPUs (bench/ddp_scaling.py, within what is left of

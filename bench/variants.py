@@ -19,7 +19,7 @@ import yaml
 
 from drl.config import SCHEMA_PATH
 
-# Keys of the run-level ``perf`` section (issue 6).  Edit here when the library's switches change.
+# Keys of the run-level ``perf`` section.  Edit here when the library's switches change.
 PERF_OFF = {"sn_power_iteration": "per_call", "channels_last": False, "compile": False, "cuda_graphs": False}
 PERF_ON = {"sn_power_iteration": "per_iteration", "channels_last": True, "compile": True, "cuda_graphs": True}
 # Switched on only when measuring on a CUDA device: CUDA graphs need CUDA.  torch.compile is on in the

@@ -78,7 +78,7 @@ class Schedule:
         return v
 
 
-# Released code's T-level schedule (reference-notes "T6 noise schedule"): DDPM's
+# Released code's T-level schedule (its diffusion.py / model.py, T = 6 by default): DDPM's
 # linear betas cut at breakpoints idx = arange(T) * (1000 // (2 (T - 1))) and 999.
 def released_schedule(T: int = 6, top_level: str = "marginal") -> Schedule:
     if T < 2 or DDPM_STEPS // (2 * (T - 1)) < 1:

@@ -1,6 +1,6 @@
 """The sequence of conditional EBMs f_theta(y, t) (paper eq. 16) around a backbone.
 
-Two parameterisations (``../shared/docs/reference-notes.md``):
+Two parameterisations (the paper's and the released code's, github.com/ruiqigao/recovery_likelihood):
 
 * ``plain`` (paper): f(y, t) = net(y, t).
 * ``net_over_s2`` (released code): f(y, t) = net(y, t) / s_t^2, where s_t is the

@@ -105,7 +105,7 @@ def test_sampling_hmc_ais_flops_counted_equal_analytic():
 
 
 def test_analytic_paper_network_is_about_66_passes_per_example():
-    """The issue's arithmetic: CIFAR-10 N = 8 at K = 30 costs ~(2K + 6) forward passes per example, and
+    """The arithmetic of RESULTS.md: CIFAR-10 N = 8 at K = 30 costs ~(2K + 6) forward passes per example, and
     the paper's run (50k iterations of 256) about 9 EFLOP."""
     import yaml
 

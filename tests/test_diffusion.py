@@ -1,4 +1,4 @@
-"""Noise schedules (reference-notes tables) and the diffusion of eq. 15 against closed forms."""
+"""Noise schedules (the released code's values, tabulated below) and the diffusion of eq. 15 against closed forms."""
 import numpy as np
 import pytest
 import torch
@@ -10,7 +10,8 @@ from drl.objectives import loss_weights
 from drl.energy import ConditionalEBM
 from oracles import QuadraticNet
 
-# ../shared/docs/reference-notes.md, "T6 noise schedule"
+# The released code's T6 schedule as it prints it (sigma, a, sigma_cum per step 0..6; Langevin step
+# sizes squared and loss weights per level 0..5), to the digits it prints
 REF_SIGMA = [0.01, 0.3237, 0.5165, 0.6322, 0.7132, 0.7734, 0.9997]
 REF_A = [0.99995, 0.9462, 0.8563, 0.7748, 0.7009, 0.6340, 0.0228]
 REF_SIGMA_CUM = [0.01, 0.3238, 0.5862, 0.7785, 0.8980, 0.9603, 0.99998]
