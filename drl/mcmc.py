@@ -33,8 +33,10 @@ def langevin(ebm: ConditionalEBM, x_next: torch.Tensor, t: torch.Tensor, K: int,
         else:
             eps.copy_(noise[k])
 
+    released = perf.released_call_structure(ebm)   # sn_power_iteration: released, training mode
     with perf.chain_score(ebm) as score:
-        ctx = ebm.time_context(t)
+        # the t-only part of the network once per chain; under ``released`` in every call, as there
+        ctx = None if released else ebm.time_context(t)
 
         def step() -> None:
             # the update above in place, each operation as written there (the result is the same bitwise)
@@ -43,6 +45,9 @@ def langevin(ebm: ConditionalEBM, x_next: torch.Tensor, t: torch.Tensor, K: int,
             y.add_(drift).add_(eps.mul_(d_noise))
 
         perf.run_steps(step, draw, K, perf.CudaGraph() if ebm.perf.cuda_graphs else None)
+        if released:   # the released sampler's (K + 1)-th evaluation, at y_K: unused but for its power iterations
+            with torch.no_grad():
+                ebm(y, t)
     return y
 
 

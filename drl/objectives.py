@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from drl import perf
 from drl.energy import ConditionalEBM
 from drl.mcmc import recovery_sample
 
@@ -36,8 +37,19 @@ def recovery_likelihood_loss(ebm: ConditionalEBM, y_pos: torch.Tensor, x_next: t
                              t: torch.Tensor, K: int, weights: str = "uniform",
                              noise_scale: float = 1.0, generator=None):
     y_neg = recovery_sample(ebm, x_next, t, K, noise_scale, generator)
-    f = ebm(torch.cat([y_pos, y_neg]), torch.cat([t, t]))
-    f_pos, f_neg = f.chunk(2)
+    return loss_given_negatives(ebm, y_pos, y_neg, t, weights)
+
+
+def loss_given_negatives(ebm: ConditionalEBM, y_pos: torch.Tensor, y_neg: torch.Tensor,
+                         t: torch.Tensor, weights: str = "uniform"):
+    """The per-example loss w_t (f(y^-, t) - f(y^+, t)) on given negatives.  f(y^+) and f(y^-) in
+    one batched call, or under ``perf.sn_power_iteration: released`` (training mode) in two,
+    pos first, as the released code (each call runs its own power iterations)."""
+    if perf.released_call_structure(ebm):
+        f_pos, f_neg = ebm(y_pos, t), ebm(y_neg, t)
+    else:
+        f = ebm(torch.cat([y_pos, y_neg]), torch.cat([t, t]))
+        f_pos, f_neg = f.chunk(2)
     loss = loss_weights(ebm, t, y_pos, weights) * (f_neg - f_pos)
     return loss, {"f_pos": f_pos.detach(), "f_neg": f_neg.detach()}
 

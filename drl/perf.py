@@ -1,14 +1,16 @@
-"""Performance switches of a run (the ``perf`` section of params.yaml; issue 6).
+"""Performance switches of a run (the ``perf`` section of params.yaml).
 
-* ``sn_power_iteration``: ``per_call`` (released code) or ``per_iteration``; see ``fixed_weights``.
+* ``sn_power_iteration``: ``per_call`` (default), ``released`` or ``per_iteration``: how often a
+  training iteration runs the spectral norms' power iterations; see ``fixed_weights``.
 * ``channels_last``: the network's 4-D weights (convolutions) in channels-last memory format.
 * ``compile``: the energy and score of MCMC chains (Langevin, HMC, AIS) by ``torch.compile`` (``chain_score``).
 * ``cuda_graphs``: the Langevin step captured once per chain in a CUDA graph and replayed
   (``CudaGraph``, ``run_steps``); CUDA only.
 
-Only ``sn_power_iteration: per_iteration`` changes the function computed (see ``fixed_weights``);
+Only ``sn_power_iteration`` changes the function computed (in training mode; see ``fixed_weights``);
 the others compute the same function in another order of floating-point operations, or (CUDA
-graphs) with the same kernels.  tests/test_perf.py checks each against the plain path.
+graphs) with the same kernels.  tests/test_perf.py checks each against the plain path;
+tests/test_released_parity.py checks ``released`` against outputs of the released code.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-SN_MODES = ("per_call", "per_iteration")
+SN_MODES = ("per_call", "released", "per_iteration")
 
 
 @dataclass(frozen=True)
@@ -61,15 +63,27 @@ def configure(ebm: nn.Module, cfg: dict | None, device: str | torch.device) -> n
 
 
 # Spectral norm W / sigma(W), with sigma from power iteration (drl/nets/wrn.py; torch's
-# spectral_norm for the MLP).  ``per_call`` (released code): in training mode every evaluation of a
-# weight runs a power iteration, so in one training iteration a convolution's u, v advance K + 1
-# times (K Langevin steps and the loss; the time-embedding denses twice, the chain's and the loss's
-# time_context) and each Langevin step sees a slightly different sigma.  ``per_iteration`` (SN-GAN's
-# practice, Miyato et al. 2018): inside ``fixed_weights`` each weight is evaluated once -- one power
-# iteration, one W / sigma -- and that tensor serves the whole chain and the loss, gradients flowing
-# to W through it in the loss.  The chain then samples one fixed energy.  In eval mode (EMA copy,
-# sampling) u, v are frozen and both settings compute the same weights; ``fixed_weights`` then only
-# saves recomputing them.
+# spectral_norm for the MLP).  In training mode every evaluation of a weight runs a power iteration
+# (u, v advance) unless ``fixed_weights`` holds the weights; the settings differ in how many
+# evaluations one training iteration (a K-step Langevin chain, then the loss) makes:
+# * ``per_call`` (default): one power iteration per weight evaluation, with drl's own call
+#   structure: the time embedding once per chain (``time_context``), K score evaluations, pos and
+#   neg batched in one loss call.  A convolution's u, v advance K + 1 times, the time-embedding
+#   layers' (temb denses, each block's projection) twice, and each Langevin step sees a slightly
+#   different sigma.
+# * ``released``: the released code's call structure exactly: every network call recomputes the
+#   time embedding, the chain makes K + 1 evaluations (the last, at y_K after the last step, only
+#   advances u, v: the released sampler computes a gradient there that it never uses), and the loss
+#   evaluates pos, then neg, in two calls: K + 3 power iterations for every layer.  With u, v far
+#   from converged (early training; the released code starts from random u) this changes the
+#   results; with converged u, v it agrees with per_call to float32 rounding.
+# * ``per_iteration`` (SN-GAN's practice, Miyato et al. 2018): inside ``fixed_weights`` each weight
+#   is evaluated once -- one power iteration, one W / sigma -- and that tensor serves the whole chain
+#   and the loss, gradients flowing to W through it in the loss.  The chain then samples one fixed
+#   energy.
+# In eval mode (EMA copy, sampling) u, v are frozen and all settings compute the same weights
+# (``released`` then keeps per_call's call structure); ``fixed_weights`` then only saves
+# recomputing them.
 @contextmanager
 def fixed_weights(module: nn.Module):
     """Within: every parametrised weight of ``module`` is computed once, on entry (with gradient
@@ -84,7 +98,7 @@ def fixed_weights(module: nn.Module):
 @contextmanager
 def training_iteration(ebm: nn.Module):
     """Around one training iteration's forward (chain and loss): ``fixed_weights`` under
-    ``sn_power_iteration: per_iteration``, nothing under ``per_call``."""
+    ``sn_power_iteration: per_iteration``, nothing under ``per_call`` or ``released``."""
     if ebm.perf.sn_power_iteration == "per_iteration":
         with fixed_weights(ebm):
             yield
@@ -98,11 +112,18 @@ def weights_fixed_in_chain(ebm: nn.Module) -> bool:
     return not ebm.training or ebm.perf.sn_power_iteration == "per_iteration"
 
 
+def released_call_structure(ebm: nn.Module) -> bool:
+    """Whether the chain and the loss make the released code's network calls (``sn_power_iteration:
+    released`` in training mode): time embedding in every call, K + 1 chain evaluations, pos and
+    neg in two calls.  In eval mode u, v are frozen and ``released`` runs as ``per_call``."""
+    return ebm.training and ebm.perf.sn_power_iteration == "released"
+
+
 @contextmanager
 def chain_weights(ebm: nn.Module):
     """Around an MCMC chain: ``fixed_weights`` where the weights cannot change within the chain (eval
     mode, or ``sn_power_iteration: per_iteration``), where it computes the weights every call would;
-    nothing under ``per_call`` in training mode (the released code's sampler)."""
+    nothing under ``per_call`` or ``released`` in training mode (a power iteration at every call)."""
     if weights_fixed_in_chain(ebm):
         with fixed_weights(ebm):
             yield
@@ -161,7 +182,7 @@ def chain_score(ebm: nn.Module):
         if not weights_fixed_in_chain(ebm) and _parametrized(ebm):
             raise ValueError("perf.compile with spectral norm needs perf.sn_power_iteration: per_iteration for "
                              "training: the compiled score takes the weights fixed through a chain, per_call "
-                             "changes them at every step")
+                             "and released change them at every call")
         params = {name: p.detach() for name, p in ebm.named_parameters()}
         with _frozen_parametrizations(ebm), torch.no_grad():
             yield lambda y, t, ctx: _compiled_f_and_grad(ebm, params, y, t, ctx)
