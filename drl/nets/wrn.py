@@ -1,5 +1,5 @@
 """Wide-ResNet energy net(y, t) for images (B, C, H, W): paper Table 4 / Appendix B and
-``net_res_temb2`` of the released code (``../shared/docs/reference-notes.md``, "Network").
+``net_res_temb2`` of the released code (its network.py, github.com/ruiqigao/recovery_likelihood).
 
 Released-code details the paper leaves out: the time-embedding MLP is 4 ch wide; every consumer of
 the embedding applies lReLU first; the 3x3 conv shortcut exists only where the channel count
