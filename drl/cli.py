@@ -193,7 +193,7 @@ def _quadrature_metrics(params: dict, cfg: dict, ebm) -> dict:
 
 def _fidelity_metrics(params: dict, cfg: dict, images: np.ndarray, device: str) -> dict:
     """FID/IS of uint8 images against the run's reference statistics, with the run's extractor, and
-    their bootstrap standard errors (``bootstrap`` resamples of the samples)."""
+    their standard errors over sample sets (``bootstrap`` half-samples)."""
     from drl.evaluate.fidelity import fid_is, load_reference_statistics
 
     e = cfg["evaluate"]["fidelity"]

@@ -74,7 +74,7 @@ def test_tables_report_mean_and_spread_over_seeds():
     assert quoted["n_seeds"] == "" and quoted["fid"] == ""
     md = to_markdown("T", ["fid"], rows)
     assert "| three | 12.0 ± 2.0 | 9.6 | measured, x, 3 seeds |" in md and "| single | 20.00 ± 0.70 |" in md
-    assert "standard deviation over the training seeds" in md and "bootstrap" in md
+    assert "standard deviation over the training seeds" in md and "half-sampling" in md
     diverged = table_rows(table, {**metrics, "r_seed2": {"diverged": {"iteration": 3}}}.__getitem__,
                           lambda run: seeds.get(run, [run]))
     assert diverged[0]["fid"] == "diverged"

@@ -1,7 +1,7 @@
 """`drl compare`: is the change between two metrics files beyond the metrics' own spread?
 
-For every number present in both files whose standard error both give (``<metric>_se``: the
-bootstrap over samples for FID/IS, AIS chains for log Z, test examples and log Z for bits/dim), the
+For every number present in both files whose standard error both give (``<metric>_se``: over
+sample sets for FID/IS, AIS chains for log Z, test examples and log Z for bits/dim), the
 change d = new - old is set against the standard error of a difference of independent estimates,
 se_d = sqrt(se_old^2 + se_new^2): |d| > z se_d (z = 2 by default, about a 95 % two-sided test) is
 "beyond spread".  Numbers without a standard error are listed as such, never judged.  The

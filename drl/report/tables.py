@@ -18,8 +18,8 @@ def table_rows(table: dict, metrics_of_run, seeds_of=lambda run: [run]) -> list[
     ``seeds_of(run)`` the runs that train its configuration, one per training seed.
 
     Columns: section, label, source, run, extractor, n_seeds, then per metric <metric>, <metric>_se,
-    <metric>_sd_seeds and <metric>_paper.  One seed: the run's value and its own standard error (the
-    bootstrap over samples for FID/IS, AIS chains for log Z).  Several: the mean over seeds, the
+    <metric>_sd_seeds and <metric>_paper.  One seed: the run's value and its own standard error (over
+    sample sets for FID/IS, AIS chains for log Z).  Several: the mean over seeds, the
     standard deviation over seeds, and the standard error of that mean (sd / sqrt(n)).  A row any of
     whose runs diverged shows "diverged" in its metric columns."""
     rows = []
@@ -86,8 +86,8 @@ def to_markdown(title: str, columns: list[str], rows: list[dict]) -> str:
         notes.append("Rows over several seeds: mean ± standard deviation over the training seeds (the spread "
                      "retraining gives); the CSV also has the standard error of the mean.")
     if any(r.get(f"{c}_se") != "" and r.get(f"{c}_sd_seeds", "") == "" for r in rows for c in columns):
-        notes.append("Rows of one run: ± its standard error -- for FID and IS the bootstrap over the samples (the "
-                     "spread another sample set of the same model would show; retraining moves a run more), for "
+        notes.append("Rows of one run: ± its standard error -- for FID and IS over sample sets, by half-sampling "
+                     "(the spread another sample set of the same model would show; retraining moves a run more), for "
                      "log Z over the AIS chains, for bits/dim over the test set and log Z.")
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
