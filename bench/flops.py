@@ -20,7 +20,7 @@ A score call ``grad_y f`` (eq. 17) with the time context given costs ``2 B Y`` (
 gradient, same FLOPs per layer), the time context ``B Tt``, and the spectral norm of the weights a
 chain uses either ``s = s_y + s_t`` once per chain (drl/perf.py fixes them: eval mode, or
 ``sn_power_iteration: per_iteration``) or ``s_t + K s_y`` (every call evaluates them: training with
-``per_call``, the released code's way).  Training iteration (Algorithm 1, K >= 1 Langevin steps,
+``per_call``).  Training iteration (Algorithm 1, K >= 1 Langevin steps,
 loss f(y^-) - f(y^+) on the 2B stacked examples, backward for the weights), per_call:
 
     F_train = (B Tt + s_t) + K (2 B Y + s_y) + 6 B (Y + Tt) - 2 B (Y1 + T1) + 2 (s_y + s_t)
@@ -158,7 +158,7 @@ def net_cost(net: nn.Module) -> NetCost:
 def chain_mode(ebm: nn.Module) -> str:
     """How the library evaluates spectral-norm weights in this model's chains: "once" per chain
     where drl.perf fixes them (eval mode, or training with sn_power_iteration per_iteration), else
-    "per_call" (the released code's sampler)."""
+    "per_call" (a power iteration at every call)."""
     return "once" if weights_fixed_in_chain(ebm) else "per_call"
 
 
@@ -169,7 +169,8 @@ def train_step(c: NetCost, B: int, K: int, sn: str = "per_call") -> dict:
     """Analytic FLOPs of one training iteration: {"flops", "formula", "passes"} (passes: forward-pass
     equivalents per example, flops / (B F_fwd))."""
     if sn not in ("per_call", "per_iteration"):
-        raise ValueError(f"unknown sn_power_iteration {sn!r}")
+        raise ValueError(f"no analytic FLOP formula for sn_power_iteration {sn!r} (per_call and per_iteration "
+                         f"have one; the FlopCounterMode count covers every setting)")
     chain = c.forward(B) + B * c.Y if K == 0 else B * c.Tt + K * c.score(B)
     chain_s = 0 if sn == "per_iteration" else (c.s if K == 0 else c.chain_sn(K, "per_call"))
     loss = 3 * c.forward(2 * B) - 2 * B * (c.Y1 + c.T1) + 2 * c.s
