@@ -175,7 +175,9 @@ def measure_train(cfg: dict, B: int, K: int | None, device: str, warmup: int, re
         per_iter = _iteration_seconds(Path(d) / "train_log.csv")
     t = summary(per_iter[warmup:])
     counted, how = count_train_flops(cfg, data, device)
-    analytic = flops.train_step(net_cost(cfg), B, K, cfg.get("perf", {}).get("sn_power_iteration", "per_call"))
+    sn = cfg.get("perf", {}).get("sn_power_iteration", "per_call")
+    # the analytic formula covers per_call and per_iteration; the counted FLOPs every setting
+    analytic = flops.train_step(net_cost(cfg), B, K, sn) if sn != "released" else dict.fromkeys(("flops", "formula", "passes"))
     out = {"B": B, "K": K, "run_K": run_K, "flops": counted, "counted_by": how, "flops_analytic": analytic["flops"],
            "formula": analytic["formula"], "passes_per_example": analytic["passes"], "timing": t,
            "warmup_seconds": per_iter[:warmup], "images_per_s": B / t["seconds"]}

@@ -169,7 +169,7 @@ def cmd_refstats(params: dict, args) -> None:
     if args.extractor not in params.get("extractors", {}):
         raise ParamsError(f"extractor {args.extractor!r} is not defined under extractors in {args.params}")
     stats = reference_statistics(_prepared(args.dataset, args.split), params["extractors"][args.extractor],
-                                 device=_device(args))
+                                 device=_device(args), key=f"extractors.{args.extractor}")
     save_reference_statistics(paths.refstats_file(args.dataset, args.split, args.extractor), stats)
     print(f"reference statistics of {args.dataset}/{args.split} ({stats['n']} images, {args.extractor})")
 
@@ -201,7 +201,8 @@ def _fidelity_metrics(params: dict, cfg: dict, images: np.ndarray, device: str) 
     ref = _require(paths.refstats_file(cfg["dataset"], split, e["extractor"]),
                    f"drl refstats --dataset {cfg['dataset']} --split {split} --extractor {e['extractor']}")
     out = fid_is(images, load_reference_statistics(ref), params["extractors"][e["extractor"]],
-                 e.get("is_splits", 10), e.get("batch_size", 64), device, e.get("bootstrap", 200))
+                 e.get("is_splits", 10), e.get("batch_size", 64), device, e.get("bootstrap", 200),
+                 key=f"extractors.{e['extractor']}")
     return {**out, "extractor": e["extractor"], "extractor_description": out["extractor"],
             "reference": f"{cfg['dataset']}/{split}"}
 
@@ -252,7 +253,8 @@ def _partition_metrics(cfg: dict, ebm, device: str) -> dict:
     import torch
 
     from drl.data.pixels import is_image_array, to_model_space
-    from drl.evaluate.partition import bits_per_dim, estimate_log_z, estimate_log_z_ais, test_log_likelihood
+    from drl.evaluate.partition import (bits_per_dim, estimate_log_z, estimate_log_z_ais, mean_log_likelihood_se,
+                                        test_log_likelihood)
 
     e = cfg["evaluate"]["partition"]
     ebm.to(device)
@@ -267,9 +269,7 @@ def _partition_metrics(cfg: dict, ebm, device: str) -> dict:
         est = estimate_log_z(ebm, e["n_samples"], test.shape[1:], e["K"], gen, e.get("batch_size", 1000),
                              e.get("noise_scale", 1.0), e.get("space", "x"))
     log_p = test_log_likelihood(ebm, test, est["log_z0"], e.get("batch_size", 1000))
-    # standard error of the mean test log-likelihood: the test set's own spread (std / sqrt(n)) and
-    # log Z's estimation error, which shifts every example alike, added in quadrature
-    ll_se = math.hypot(float(np.std(log_p, ddof=1)) / math.sqrt(len(log_p)), est["se"]) if len(log_p) > 1 else None
+    ll_se = mean_log_likelihood_se(log_p, est["se"])
     out = {"log_z_ais": est["log_z0"], "log_z_ais_se": est["se"], "test_ll_ais_nats": float(log_p.mean()),
            "test_ll_ais_nats_se": ll_se,
            "log_z_ais_curve": est["curve"], "log_z_ais_min_ess_fraction": min(lv["ess_fraction"] for lv in est["per_level"]),
@@ -284,28 +284,25 @@ def _partition_metrics(cfg: dict, ebm, device: str) -> dict:
     return out
 
 
-def _write_provenance(params: dict, cfg: dict, run: str, device: str) -> None:
+def _write_provenance(cfg: dict, run: str, device: str, metrics: dict) -> None:
     """Beside the metrics: the machine this evaluation ran on, the one that trained the model (from
-    its config.json), and the extractor file's sha256."""
+    its config.json), and the sha256 of the extractor file the metrics were computed with."""
     import json
 
-    from drl.data.raw import file_sha256
     from drl.provenance import machine
 
     trained = paths.run_dir(cfg["group"], run) / "config.json"
     out = {"run": run, "evaluated_on": machine(device),
            "trained_on": json.loads(trained.read_text()).get("machine") if trained.exists() else None}
-    if "fidelity" in cfg["evaluate"]:
-        name = cfg["evaluate"]["fidelity"]["extractor"]
-        weights = params["extractors"][name]["weights"]
-        out["extractor"] = {"name": name, "weights": weights, "sha256": file_sha256(weights)}
+    if "extractor_description" in metrics:
+        d = metrics["extractor_description"]
+        out["extractor"] = {"name": metrics["extractor"], "file": d["file"], "sha256": d["sha256"]}
     write_json(paths.provenance_file(cfg["group"], run), out)
 
 
 def cmd_evaluate(params: dict, args) -> None:
     cfg = run_config(params, args.run)
     ebm, ckpt = _model(cfg, args.run, _device(args))
-    _write_provenance(params, cfg, args.run, _device(args))
     metrics = {"iterations": ckpt["iteration"]}
     if ckpt.get("diverged"):  # the divergence instead of numbers (tables show "diverged")
         nothing = dict.fromkeys(metrics_of(cfg["evaluate"]))
@@ -313,6 +310,7 @@ def cmd_evaluate(params: dict, args) -> None:
                                  for k in cfg["long_run"]["steps_per_level"]}} if "long_run" in cfg else {}
         write_json(paths.metrics_file(cfg["group"], args.run),
                    {"run": args.run, **metrics, **nothing, **long_run, "diverged": ckpt["diverged"]})
+        _write_provenance(cfg, args.run, _device(args), {})
         print(f"{args.run}: diverged at iteration {ckpt['diverged']['iteration']}; metrics record the divergence")
         return
     if "quadrature" in cfg["evaluate"]:
@@ -324,6 +322,7 @@ def cmd_evaluate(params: dict, args) -> None:
     if "partition" in cfg["evaluate"]:
         metrics.update(_partition_metrics(cfg, ebm, _device(args)))
     write_json(paths.metrics_file(cfg["group"], args.run), {"run": args.run, **metrics})
+    _write_provenance(cfg, args.run, _device(args), metrics)
     print(f"{args.run}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float))))
 
 
@@ -421,21 +420,23 @@ def _read_version(path: str, rev: str | None) -> str | None:
 
 
 def cmd_compare(params: dict, args) -> None:
-    """Each metrics file at ``--rev`` (default HEAD) against the working tree, or two files against each other."""
-    from drl.report.compare import compare, load, provenance_notes, provenance_path, render
+    """Each metrics file at ``--rev`` (default HEAD) against the working tree, or (``--pair``) two files."""
+    from drl.report.compare import compare, divergence_notes, load, provenance_notes, provenance_path, render
 
-    if args.rev is None and len(args.files) == 2:
+    if args.pair:
+        if len(args.files) != 2 or args.rev:
+            raise ParamsError("drl compare --pair takes exactly two metrics files and no --rev")
         pairs = [(args.files[0], None, args.files[1], None)]
     else:
-        rev = args.rev or "HEAD"
-        pairs = [(f, rev, f, None) for f in args.files]
+        pairs = [(f, args.rev or "HEAD", f, None) for f in args.files]
     for old_path, old_rev, new_path, new_rev in pairs:
         old, new = load(_read_version(old_path, old_rev)), load(_read_version(new_path, new_rev))
         where = f"{old_path}{'@' + old_rev if old_rev else ''} -> {new_path}"
         if old is None or new is None:
             raise DataError(f"{where}: {'the old' if old is None else 'the new'} version does not exist")
-        notes = provenance_notes(load(_read_version(str(provenance_path(old_path)), old_rev)),
-                                 load(_read_version(str(provenance_path(new_path)), new_rev)))
+        notes = divergence_notes(old, new) + provenance_notes(
+            load(_read_version(str(provenance_path(old_path)), old_rev)),
+            load(_read_version(str(provenance_path(new_path)), new_rev)))
         print(f"== {where}\n{render(compare(old, new, args.z), notes, args.z)}\n")
 
 
@@ -523,9 +524,10 @@ def main(argv=None) -> int:
     sp.add_argument("--path", required=True)
     sub.add_parser("validate", help="validate params.yaml and exit")
     sp = sub.add_parser("compare", help="is a change of metrics beyond their standard errors? (each file at --rev, "
-                                        "default HEAD, against the working tree; or two files)")
+                                        "default HEAD, against the working tree; or --pair A B)")
     sp.add_argument("files", nargs="+", help="metrics JSON files")
-    sp.add_argument("--rev", help="git revision of the old versions (default: HEAD, unless two files are given)")
+    sp.add_argument("--rev", help="git revision of the old versions (default: HEAD)")
+    sp.add_argument("--pair", action="store_true", help="compare the two files given with each other")
     sp.add_argument("--z", type=float, default=2.0, help="a change beyond z standard errors is flagged (default 2)")
     args = p.parse_args(argv)
     fns = {"prepare": cmd_prepare, "figure": cmd_figure, "table": cmd_table, "extractor": cmd_extractor,

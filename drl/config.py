@@ -93,6 +93,16 @@ def _semantic_errors(params: dict) -> list[str]:
         two_d = datasets.get(run.get("dataset"), {}).get("source") in ("toy", "points")
         if "quadrature" in ev and run.get("dataset") in datasets and not two_d:
             errors.append(f"runs.{name}.evaluate.quadrature: grid quadrature is for 2-D data only")
+        fid = ev.get("fidelity", {})
+        boot, splits = fid.get("bootstrap", 200), fid.get("is_splits", 10)
+        if boot == 1:
+            errors.append(f"runs.{name}.evaluate.fidelity.bootstrap: 1 half-sample gives no spread; use 0 (none) or >= 2")
+        for section in ("sample", "long_run") if fid and boot >= 2 else ():
+            n = run.get(section, {}).get("n")
+            if n is not None and n < max(4, 2 * splits):
+                errors.append(f"runs.{name}.{section}.n: {n} samples are too few for the FID/IS standard errors, which "
+                              f"score halves of them with is_splits {splits}: use at least {max(4, 2 * splits)}, "
+                              f"or set runs.{name}.evaluate.fidelity.bootstrap: 0")
         if "fidelity" in ev and ev["fidelity"].get("extractor") not in extractors:
             errors.append(f"runs.{name}.evaluate.fidelity.extractor: {ev['fidelity'].get('extractor')!r} is not "
                           f"defined under extractors (defined: {sorted(extractors)})")
@@ -148,12 +158,15 @@ def _validator() -> jsonschema.Draft202012Validator:
 def validate(params: dict, source: str = "params.yaml") -> dict:
     """Check ``params`` against the schema and the rules above, then expand training seeds in place
     (``expand_seeds``); returns it."""
-    written = {k: v for k, v in params.get("runs", {}).items() if SEED_OF not in v}
-    errors = [f"{_key(e.absolute_path)}: {e.message}"
-              for e in _validator().iter_errors({**params, **({"runs": written} if "runs" in params else {})})]
+    runs = params.get("runs")
+    if isinstance(runs, dict):   # the copies expand_seeds added (when validated again, e.g. by Snakemake)
+        written = {k: v for k, v in runs.items() if not _is_seed_copy(runs, k)}
+        as_written = {**params, "runs": written}   # are not params.yaml's: the schema does not see them
+    else:
+        as_written = params
+    errors = [f"{_key(e.absolute_path)}: {e.message}" for e in _validator().iter_errors(as_written)]
     if not errors:
-        errors = _semantic_errors({**params, **({"runs": written} if "runs" in params else {})})
-        errors += _seed_errors(params)
+        errors = _semantic_errors(as_written) + _seed_errors(params)
     if errors:
         raise ParamsError(f"{source} has {len(errors)} problem(s):\n  - " + "\n  - ".join(sorted(errors)))
     return expand_seeds(params)
@@ -181,15 +194,21 @@ def source_run(params: dict, run: str) -> str:
     return params["runs"][run].get(SEED_OF, run)
 
 
+def _is_seed_copy(runs: dict, name: str) -> bool:
+    """Whether runs[name] is a copy that ``expand_seeds`` made (a hand-written ``seed_of`` is not)."""
+    run = runs[name]
+    if not isinstance(run, dict) or SEED_OF not in run:
+        return False
+    base, seed = runs.get(run[SEED_OF]), run.get("train", {}).get("seed")
+    return (isinstance(base, dict) and seed in (base.get("seeds") or [])[1:] and name == seed_run_name(run[SEED_OF], seed)
+            and {k: v for k, v in run.items() if k not in ("train", SEED_OF)} ==
+            {k: v for k, v in base.items() if k not in ("train", "seeds")})
+
+
 def _seed_errors(params: dict) -> list[str]:
     errors, runs = [], params.get("runs", {})
     for name, run in runs.items():
-        if SEED_OF in run:
-            base = runs.get(run[SEED_OF], {})
-            if name != seed_run_name(run[SEED_OF], run.get("train", {}).get("seed")) or \
-                    run["train"]["seed"] not in base.get("seeds", [])[1:]:
-                errors.append(f"runs.{name}.{SEED_OF}: set by the workflow for the copies of a run with seeds; "
-                              f"remove it (list the run's seeds under runs.<run>.seeds instead)")
+        if _is_seed_copy(runs, name):
             continue
         seeds = run.get("seeds")
         if not seeds:
@@ -209,7 +228,7 @@ def expand_seeds(params: dict) -> dict:
     """Add the per-seed copies of every run with ``seeds`` to ``params["runs"]`` (in place; again a no-op)."""
     runs = params.get("runs", {})
     for name, run in list(runs.items()):
-        for s in (run.get("seeds") or [])[1:] if SEED_OF not in run else ():
+        for s in (run.get("seeds") or [])[1:] if not _is_seed_copy(runs, name) else ():
             copy = {k: v for k, v in run.items() if k != "seeds"}
             runs[seed_run_name(name, s)] = {**copy, "train": {**run["train"], "seed": s}, SEED_OF: name}
     return params

@@ -156,8 +156,10 @@ class Objective(nn.Module):
                                             self.scfg["noise_scale"], gen)
 
 
-def _without_perf(cfg: dict) -> dict:
-    return {k: v for k, v in cfg.items() if k != "perf"}
+def _resume_key(cfg: dict) -> dict:
+    """What must match for a run to resume: all but the perf switches and the seed list (a run's own
+    train.seed is in its train section)."""
+    return {k: v for k, v in cfg.items() if k not in ("perf", "seeds", "seed_of")}
 
 
 def train(cfg: dict, data: np.ndarray, out_dir: str | Path, device: str = "cpu", progress: bool = True) -> Path:
@@ -186,7 +188,7 @@ def _train(cfg: dict, data: np.ndarray, out_dir: Path, device: str, progress: bo
     state_path, final_path = out_dir / "state.pt", out_dir / "model.pt"
     if state_path.exists():
         st = torch.load(state_path, map_location=device, weights_only=False)
-        if _without_perf(st["cfg"]) != _without_perf(cfg):   # perf switches may change between sessions
+        if _resume_key(st["cfg"]) != _resume_key(cfg):   # perf switches may change between sessions
             raise RuntimeError(f"{state_path} was written for a different configuration; delete it to start afresh")
         if len(st["generators"]) != w.size:
             raise RuntimeError(f"{state_path} was written by {len(st['generators'])} process(es); resume with "

@@ -97,9 +97,10 @@ def train_command(cfg: dict, run: str) -> str:
 def _run_stages(params: dict, run: str) -> list[Stage]:
     cfg, f = params["runs"][run], _run_files(params, run)
     group, ev = cfg["group"], cfg["evaluate"]
-    src = source_run(params, run)   # a seed's copy reads its run's params.yaml keys (and its seeds)
+    # a seed's copy reads its run's params.yaml keys; its own seed is fixed by its name, so adding a
+    # seed adds stages and retrains nothing that exists
+    src = source_run(params, run)
     perf = ("perf",) if "perf" in cfg else ()  # optional; it can change results (sn_power_iteration, summation order)
-    seeds = ("seeds",) if "seeds" in params["runs"][src] else ()
     eval_deps, eval_params = [f["model"]], [f"runs.{src}.{s}" for s in ("evaluate", *perf)] + [f"datasets.{cfg['dataset']}"]
     if "quadrature" in ev or "partition" in ev:
         eval_deps.append(_prepared(cfg["dataset"], "test"))
@@ -110,7 +111,7 @@ def _run_stages(params: dict, run: str) -> list[Stage]:
         eval_params.append(f"extractors.{ex}")
     out = [
         Stage(f"train_{run}", "train", train_command(cfg, run), [_prepared(cfg["dataset"], "train")] + CODE["train"],
-              [f["model"], f["train_config"]], [f"runs.{src}.{s}" for s in MODEL_SECTIONS + perf + seeds], group,
+              [f["model"], f["train_config"]], [f"runs.{src}.{s}" for s in MODEL_SECTIONS + perf], group,
               plots={f["train_log"]: {"x": "iteration", "y": "loss", "cache": True}}),  # (has wall times)
         Stage(f"sample_{run}", "sample", f"drl sample --run {run}", [f["model"]] + CODE["sample"],
               [f["samples"], f["sample_grid"]], [f"runs.{src}.{s}" for s in ("sample", *perf)], group),

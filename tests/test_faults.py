@@ -449,6 +449,8 @@ def test_divergence_keeps_the_last_good_checkpoint_and_the_metrics_and_tables_re
     assert main(["evaluate", "--run", "toy_diverge", "--device", "cpu"]) == 0
     metrics = json.loads(Path("results/faults/metrics/toy_diverge.json").read_text())
     assert metrics["diverged"] == record and metrics["iterations"] == state["iteration"]
+    prov = json.loads(Path("results/faults/provenance/toy_diverge.json").read_text())   # a declared output too
+    assert prov["run"] == "toy_diverge" and prov["evaluated_on"]["cpu"] and "extractor" not in prov
     assert {k: metrics[k] for k in ("kl_nats", "test_ll_nats", "log_z_quadrature")} == dict.fromkeys(
         ("kl_nats", "test_ll_nats", "log_z_quadrature"))
     assert main(["table", "--table", "sweep"]) == 0

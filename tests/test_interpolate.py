@@ -10,6 +10,7 @@ from drl.energy import ConditionalEBM
 from drl.interpolate import Noise, draw_noise, interpolate, interpolate_seeds, sample_with_noise, slerp
 from drl.mcmc import langevin, normal_approximation
 from drl.sample import progressive_sample
+from rounding import reordered
 from oracles import GaussianMixtureData, OracleNet, tiny_mlp_ebm, tiny_wrn_ebm
 
 
@@ -111,7 +112,9 @@ def test_interpolation_ends_at_the_two_samples_and_is_deterministic(make_ebm, sh
     assert out.shape == (5, *shape)
     for seed, end in ((11, out[0]), (12, out[-1])):
         sample = progressive_sample(ebm, 1, shape, K, 0.9, torch.Generator().manual_seed(seed))[-1][0]
-        torch.testing.assert_close(end, sample, rtol=1e-6, atol=1e-6)  # bitwise but for batched convs
+        # the same draws; only the batch of 5 against 1 differs (other kernels): T levels of K steps of O(1)
+        # values, well inside 64 reordered operations (tests/rounding.py)
+        torch.testing.assert_close(end, sample, rtol=0, atol=reordered(1.0, 64))
     assert torch.equal(interpolate_seeds(ebm, shape, K, (11, 12), n_points=5, noise_scale=0.9), out)
     steps = (out[1:] - out[:-1]).flatten(1).norm(dim=1)
     assert torch.isfinite(out).all() and (steps > 0).all()

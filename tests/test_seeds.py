@@ -36,8 +36,10 @@ def test_a_run_with_seeds_expands_into_one_run_per_seed():
                                                                              if k not in ("train", "seeds")}
     assert validate(params) is params and len(params["runs"]) == len(RAW["runs"]) + 2   # again: a no-op
     by_name = {s.name: s for s in stages(params)}
-    # the copies' stages track their run's params.yaml keys (they have none of their own), seeds included
-    assert "runs.digits_t6_k30.seeds" in by_name["train_digits_t6_k30_seed2"].params
+    # the copies' stages track their run's params.yaml keys (they have none of their own), not the seed
+    # list: adding a seed adds a training and retrains nothing
+    assert by_name["train_digits_t6_k30_seed2"].params == by_name["train_digits_t6_k30"].params
+    assert not [p for s in stages(params) for p in s.params if p.endswith(".seeds")]
     assert all(p.startswith(("runs.digits_t6_k30.", "datasets.", "extractors."))
                for s in ("train", "sample", "evaluate") for p in by_name[f"{s}_digits_t6_k30_seed1"].params)
     table = by_name["table_demo_table1"]
@@ -49,7 +51,7 @@ def test_a_run_with_seeds_expands_into_one_run_per_seed():
     (lambda p: p["runs"]["digits_t6_k30"].update(seeds=[5, 1]), "runs.digits_t6_k30.seeds", "first seed (5)"),
     (lambda p: p["runs"].update(digits_t6_k30_seed1=copy.deepcopy(p["runs"]["digits_t1k"])) or
      p["runs"]["digits_t6_k30"].update(seeds=[0, 1]), "runs.digits_t6_k30.seeds", "defines itself"),
-    (lambda p: p["runs"]["digits_t1k"].update(seed_of="digits_t6_k30"), "runs.digits_t1k.seed_of", "set by the workflow"),
+    (lambda p: p["runs"]["digits_t1k"].update(seed_of="digits_t6_k30"), "runs.digits_t1k", "'seed_of' was unexpected"),
     (lambda p: p["runs"]["digits_t6_k30"].update(seeds=[0]), "runs.digits_t6_k30.seeds", "short"),
 ])
 def test_bad_seeds_are_refused_naming_the_key(edit, key, words):
@@ -58,6 +60,20 @@ def test_bad_seeds_are_refused_naming_the_key(edit, key, words):
     with pytest.raises(ParamsError) as exc:
         validate(params)
     assert key in str(exc.value) and words in str(exc.value), str(exc.value)
+
+
+@pytest.mark.parametrize("edit, key", [
+    (lambda r: r["evaluate"]["fidelity"].update(bootstrap=1), "runs.digits_t6_k30.evaluate.fidelity.bootstrap"),
+    (lambda r: r["sample"].update(n=15), "runs.digits_t6_k30.sample.n"),
+])
+def test_standard_errors_need_enough_samples(edit, key):
+    params = copy.deepcopy(RAW)
+    edit(params["runs"]["digits_t6_k30"])
+    with pytest.raises(ParamsError, match=key.replace(".", r"\.")):
+        validate(params)
+    params["runs"]["digits_t6_k30"]["evaluate"]["fidelity"]["bootstrap"] = 0   # no standard errors: accepted
+    params["runs"]["digits_t6_k30"]["sample"]["n"] = 15
+    validate(params)
 
 
 def test_tables_report_mean_and_spread_over_seeds():

@@ -18,7 +18,7 @@ from drl.cli import main
 from drl.data.raw import file_sha256
 from drl.evaluate.fidelity import EvaluationError, bootstrap, frechet_distance, resolve_extractor
 from drl.provenance import machine
-from drl.report.compare import compare, provenance_notes
+from drl.report.compare import compare, divergence_notes, provenance_notes
 from drl.report.tables import table_rows, to_markdown
 from torch_fidelity.metric_fid import fid_features_to_statistics
 
@@ -103,6 +103,8 @@ def test_tables_print_value_and_standard_error():
     assert rows[0]["fid_se"] == 3.14159 and rows[0]["is_mean_se"] == ""
     md = to_markdown("T", table["columns"], rows)
     assert "| 112.6 ± 3.1 | 6.95 |" in md and "standard error" in md
+    assert "| 112.6 |" in to_markdown("T", ["fid"], table_rows({"columns": ["fid"], "rows": [{"label": "a", "run": "r"}]},
+                                                               lambda r: {"fid": 112.6, "fid_se": float("nan")}))
     assert "0.1234 ± 0.0056" in to_markdown("T", ["x"], table_rows(
         {"columns": ["x"], "rows": [{"label": "a", "run": "r"}]}, lambda r: {"x": 0.123449, "x_se": 0.005612}))
 
@@ -117,6 +119,10 @@ def test_compare_judges_changes_against_the_combined_standard_error():
     assert rows["fid"]["se_diff"] == pytest.approx(5.0) and rows["fid"]["verdict"] == "within spread"
     assert rows["is_mean"]["z"] == pytest.approx(0.5 / np.hypot(0.1, 0.1)) and rows["is_mean"]["verdict"] == "beyond spread"
     assert rows["kl_nats"]["verdict"] == "no spread given" and rows["long_run.10.fid"]["verdict"] == "within spread"
+    # a run that newly diverged has null metrics: listed, not silently skipped
+    gone = {r["metric"]: r["verdict"] for r in compare(old, {"fid": None, "diverged": {"iteration": 7}})}
+    assert gone["fid"] == gone["is_mean"] == "only in the old file"
+    assert divergence_notes(old, {"diverged": {"iteration": 7}}) == ["the new run DIVERGED at iteration 7: its metrics are null"]
 
 
 def test_compare_says_when_the_instrument_or_machine_changed():
@@ -147,4 +153,25 @@ def test_compare_cli_against_a_git_revision(tmp_path, monkeypatch, capsys):
     assert "results/g/metrics/r.json@HEAD" in out and "beyond spread" in out and "INSTRUMENT" not in out
     assert main(["compare", "results/g/metrics/r.json", "--rev", "HEAD~5"]) == 2   # no such version
     assert "does not exist" in capsys.readouterr().err
+    other = tmp_path / "results/g/metrics/q.json"
+    other.write_text(json.dumps({"fid": 101.0, "fid_se": 2.0}))
+    assert main(["compare", "--pair", str(other), "results/g/metrics/r.json"]) == 0
+    assert "q.json -> results/g/metrics/r.json" in capsys.readouterr().out
+    # two files without --pair: each against its committed version, never silently with each other
+    assert main(["compare", "results/g/metrics/r.json", "results/g/metrics/q.json"]) == 2
 
+
+
+def test_test_log_likelihood_se_adds_the_test_spread_and_log_z_error():
+    """mean(log g - log Z) over n test examples: var = var(log g) / n + se(log Z)^2 (log Z shifts all
+    alike); checked against the spread of the mean over many simulated test sets and log Z estimates."""
+    from drl.evaluate.partition import bits_per_dim, mean_log_likelihood_se
+
+    rng = np.random.default_rng(0)
+    n, sd, z_se = 200, 3.0, 0.4
+    means = [np.mean(rng.normal(-10, sd, n) - rng.normal(0, z_se)) for _ in range(4000)]
+    se = mean_log_likelihood_se(rng.normal(-10, sd, n), z_se)
+    assert se == pytest.approx(np.std(means), rel=0.1) and se == pytest.approx(np.hypot(sd / np.sqrt(n), z_se), rel=0.1)
+    assert mean_log_likelihood_se([1.0], 0.1) is None
+    dim = 64   # bits/dim are affine in log p with slope -1 / (D log 2): the se scales by that
+    assert bits_per_dim(0.0, dim) - bits_per_dim(1.0, dim) == pytest.approx(1 / (dim * np.log(2)))

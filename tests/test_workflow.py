@@ -211,7 +211,8 @@ tables:
 
 
 # the shipped classifier, the one instrument of every digits FID/IS
-TINY = TINY.replace("SHIPPED_SHA256", load_params(ROOT / "params.yaml")["extractors"]["digits_classifier"]["sha256"])
+TINY_SHA256 = load_params(ROOT / "params.yaml")["extractors"]["digits_classifier"]["sha256"]
+TINY = TINY.replace("SHIPPED_SHA256", TINY_SHA256)
 
 
 @pytest.fixture(scope="module")
@@ -255,7 +256,7 @@ def test_snakemake_runs_the_tiny_pipeline_and_reruns_on_param_change(project):
     assert d["fid_se"] > 0 and d["fid_ci_low"] < d["fid_ci_high"] and d["n_bootstrap"] == 200 and d["test_bpd_se"] > 0
     # beside the metrics: the instrument and the machines
     prov = json.loads((project / "results/demo/provenance/digits_t6.json").read_text())
-    assert prov["extractor"]["sha256"] == d["extractor_description"]["sha256"]
+    assert prov["extractor"]["sha256"] == d["extractor_description"]["sha256"] == TINY_SHA256
     assert prov["trained_on"]["cpu"] and prov["evaluated_on"]["torch_cpu_capability"]
     assert table[2].startswith(",digits T6,measured,digits_t6,digits_classifier,1,")
     assert (project / "results/demo/runs/toy_checkerboard_drl/config.json").exists()

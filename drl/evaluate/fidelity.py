@@ -80,8 +80,9 @@ def missing_inception_message(path) -> str:
             f"'{WEIGHTS_PARAM}' at where it is. Nothing is downloaded at run time.")
 
 
-def checkfile_sha256(path: Path, expected: str | None, key: str = "sha256") -> None:
-    """Raise EvaluationError when ``path``'s sha256 is not ``expected`` (no check when None)."""
+def check_sha256(path: Path, expected: str | None, key: str = "sha256", restore: str = "") -> None:
+    """Raise EvaluationError when ``path``'s sha256 is not ``expected`` (no check when None);
+    ``restore``: how to get the right file back."""
     if expected is None:
         return
     actual = file_sha256(path)
@@ -89,7 +90,7 @@ def checkfile_sha256(path: Path, expected: str | None, key: str = "sha256") -> N
         raise EvaluationError(
             f"{path}: sha256 {actual} differs from the {expected} that params.yaml '{key}' names. This file is "
             f"another measuring instrument: FID/IS computed with it are not comparable with the committed ones. "
-            f"Restore the file (`git checkout -- {path}`), or, if you retrained it on purpose, set '{key}' to {actual}")
+            f"{restore}If you changed the file on purpose, set '{key}' to {actual}")
 
 
 def resolve_extractor(cfg: dict, key: str = "extractors.<name>") -> Extractor:
@@ -102,13 +103,13 @@ def resolve_extractor(cfg: dict, key: str = "extractors.<name>") -> Extractor:
     if kind == "inception":
         if not path.is_file():
             raise EvaluationError(missing_inception_message(path))
-        checkfile_sha256(path, cfg.get("sha256"), f"{key}.sha256")
+        check_sha256(path, cfg.get("sha256"), f"{key}.sha256", f"Download it again ({INCEPTION_WEIGHTS_URL}). ")
         return Extractor(kind, "inception-v3-compat", path, 3, "2048", "logits_unbiased")
     if not path.is_file():
         raise EvaluationError(f"classifier weights not found at '{path}' ({key}.weights): the digits classifier "
                               f"ships with the repository (restore it with `git checkout -- {path}`); another "
                               f"classifier is trained once, on purpose, by `drl extractor --extractor NAME`")
-    checkfile_sha256(path, cfg.get("sha256"), f"{key}.sha256")
+    check_sha256(path, cfg.get("sha256"), f"{key}.sha256", f"Restore the shipped file (`git checkout -- {path}`). ")
     channels = torch.load(path, map_location="cpu", weights_only=True)["args"]["in_channels"]
     return Extractor(kind, CLASSIFIER_EXTRACTOR, path, channels, *(
         ClassifierExtractor.get_default_feature_layer_for_metric(m) for m in ("fid", "isc")))
@@ -164,9 +165,10 @@ def inception_score(logits: torch.Tensor, splits: int = 10) -> tuple[float, floa
 
 
 def reference_statistics(images: np.ndarray, extractor_cfg: dict, batch_size: int = 64,
-                         device: str = "cpu") -> dict:
-    """FID statistics of a dataset split: {"mu", "sigma", "n", "extractor" (its description)}."""
-    ex = resolve_extractor(extractor_cfg)
+                         device: str = "cpu", key: str = "extractors.<name>") -> dict:
+    """FID statistics of a dataset split: {"mu", "sigma", "n", "extractor" (its description)}.
+    ``key``: the extractor's place in params.yaml, for messages."""
+    ex = resolve_extractor(extractor_cfg, key)
     feats = extract_features(images, ex, [ex.fid_feature], batch_size, device)[ex.fid_feature]
     return {**fid_features_to_statistics(feats), "n": len(feats), "extractor": ex.describe()}
 
@@ -218,14 +220,14 @@ def bootstrap(fid_features: torch.Tensor, logits: torch.Tensor, ref_stats: dict,
 
 
 def fid_is(samples: np.ndarray, ref_stats: dict, extractor_cfg: dict, is_splits: int = 10, batch_size: int = 64,
-           device: str = "cpu", n_bootstrap: int = 0, seed: int = 0) -> dict:
+           device: str = "cpu", n_bootstrap: int = 0, seed: int = 0, key: str = "extractors.<name>") -> dict:
     """FID of uint8 (N, H, W, C) samples against ``ref_stats`` and their IS, one extraction pass; with
-    ``n_bootstrap`` > 0 also their bootstrap standard errors and intervals (``bootstrap``).
+    ``n_bootstrap`` > 0 also their standard errors and intervals over sample sets (``bootstrap``).
 
     Raises EvaluationError before any compute when the extractor differs from the one that made
     ``ref_stats``, its file is missing or not the one named, or ``is_splits`` exceeds the sample count.
     """
-    ex = resolve_extractor(extractor_cfg)
+    ex = resolve_extractor(extractor_cfg, key)
     desc = ex.describe()
     if identity(desc) != identity(ref_stats["extractor"]):
         raise EvaluationError(f"reference statistics come from extractor {ref_stats['extractor']}, "

@@ -359,3 +359,11 @@ def bits_per_dim(log_p, dim: int, bin_width: float = PIXEL_BIN):
     dimensions of data quantised with spacing ``bin_width`` (2/255 for x = p / 127.5 - 1, giving
     (-log p / D + log 127.5) / log 2).  Elementwise; average the result over a test set."""
     return (-np.asarray(log_p, np.float64) / dim - math.log(bin_width)) / math.log(2.0)
+
+
+def mean_log_likelihood_se(log_p, log_z_se: float) -> float | None:
+    """Standard error of mean(log_p), log_p = log g(x_i) - log Z per test example: the test set's own
+    spread, std / sqrt(n), and log Z's estimation error, which shifts every example alike, added in
+    quadrature (None for a single example).  Bits/dim are affine in log p: their se is this / (D log 2)."""
+    log_p = np.asarray(log_p, np.float64)
+    return math.hypot(float(np.std(log_p, ddof=1)) / math.sqrt(len(log_p)), log_z_se) if len(log_p) > 1 else None

@@ -29,14 +29,20 @@ def flatten(metrics: dict, prefix: str = "") -> dict[str, float]:
     return out
 
 
+def _reported(key: str) -> bool:
+    return not (key.endswith(AUXILIARY) or key.rsplit(".", 1)[-1].startswith("n_") or key.endswith("iterations"))
+
+
 def compare(old: dict, new: dict, z: float = 2.0) -> list[dict]:
-    """One row per metric present in both: name, old, new, diff, se_diff (None without both se),
-    z (diff / se_diff) and verdict ("beyond spread", "within spread", "no spread given")."""
+    """One row per metric: name, old, new, diff, se_diff (None without both se), z (diff / se_diff)
+    and verdict ("beyond spread", "within spread", "no spread given"; "only in the old file" / "only in
+    the new file" for a number the other lacks, e.g. a run that diverged and has null metrics)."""
     a, b = flatten(old), flatten(new)
     rows = []
-    for key in sorted(a.keys() & b.keys()):
-        if key.endswith(AUXILIARY) or key.rsplit(".", 1)[-1].startswith("n_") or key.endswith("iterations"):
-            continue
+    for key in sorted(k for k in a.keys() ^ b.keys() if _reported(k)):
+        rows.append({"metric": key, "old": a.get(key), "new": b.get(key), "diff": None, "se_diff": None, "z": None,
+                     "verdict": "only in the old file" if key in a else "only in the new file"})
+    for key in sorted(k for k in a.keys() & b.keys() if _reported(k)):
         d = b[key] - a[key]
         se_a, se_b = a.get(f"{key}_se"), b.get(f"{key}_se")
         se = math.hypot(se_a, se_b) if se_a is not None and se_b is not None else None
@@ -70,6 +76,12 @@ def provenance_path(metrics_path: str | Path) -> Path:
     """results/<group>/metrics/<run>.json -> results/<group>/provenance/<run>.json"""
     p = Path(metrics_path)
     return p.parent.parent / "provenance" / p.name
+
+
+def divergence_notes(old: dict, new: dict) -> list[str]:
+    """A run whose training diverged has null metrics: say so instead of comparing nothing."""
+    return [f"{which} run DIVERGED at iteration {m['diverged'].get('iteration')}: its metrics are null"
+            for which, m in (("the old", old), ("the new", new)) if m.get("diverged")]
 
 
 def render(rows: list[dict], notes: list[str], z: float) -> str:

@@ -62,7 +62,7 @@ def _fmt(v) -> str:
 
 def _with_se(value, se) -> str:
     """"value ± se" (se to 2 significant digits, the value to the same decimal place), or the value alone."""
-    if not isinstance(value, float) or not isinstance(se, float) or se <= 0:
+    if not isinstance(value, float) or not isinstance(se, float) or not math.isfinite(se) or se <= 0:
         return _fmt(value)
     places = max(0, 1 - int(math.floor(math.log10(se))))
     return f"{value:.{places}f} ± {se:.{places}f}"
