@@ -62,20 +62,6 @@ def test_bad_seeds_are_refused_naming_the_key(edit, key, words):
     assert key in str(exc.value) and words in str(exc.value), str(exc.value)
 
 
-@pytest.mark.parametrize("edit, key", [
-    (lambda r: r["evaluate"]["fidelity"].update(bootstrap=1), "runs.digits_t6_k30.evaluate.fidelity.bootstrap"),
-    (lambda r: r["sample"].update(n=15), "runs.digits_t6_k30.sample.n"),
-])
-def test_standard_errors_need_enough_samples(edit, key):
-    params = copy.deepcopy(RAW)
-    edit(params["runs"]["digits_t6_k30"])
-    with pytest.raises(ParamsError, match=key.replace(".", r"\.")):
-        validate(params)
-    params["runs"]["digits_t6_k30"]["evaluate"]["fidelity"]["bootstrap"] = 0   # no standard errors: accepted
-    params["runs"]["digits_t6_k30"]["sample"]["n"] = 15
-    validate(params)
-
-
 def test_tables_report_mean_and_spread_over_seeds():
     metrics = {"r": {"fid": 10.0, "fid_se": 0.5, "extractor": "x"}, "r_seed1": {"fid": 12.0, "fid_se": 0.6},
                "r_seed2": {"fid": 14.0, "fid_se": 0.4}, "one": {"fid": 20.0, "fid_se": 0.7}}

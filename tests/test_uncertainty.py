@@ -4,6 +4,7 @@ of independent sample sets (a Gaussian oracle), tables print value ± se, and `d
 a change is beyond that spread and whether the instrument or machine changed."""
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import subprocess
@@ -15,6 +16,7 @@ import torch
 import yaml
 
 from drl.cli import main
+from drl.config import ParamsError, validate
 from drl.data.raw import file_sha256
 from drl.evaluate.fidelity import EvaluationError, bootstrap, frechet_distance, resolve_extractor
 from drl.provenance import machine
@@ -94,6 +96,20 @@ def test_bootstrap_is_the_same_when_repeated():
     f, logits = torch.from_numpy(rng.standard_normal((50, 3))), torch.from_numpy(rng.standard_normal((50, 4)))
     ref = {"mu": np.zeros(3), "sigma": np.eye(3)}
     assert bootstrap(f, logits, ref, 20, 2) == bootstrap(f, logits, ref, 20, 2)
+
+
+@pytest.mark.parametrize("edit, key", [
+    (lambda r: r["evaluate"]["fidelity"].update(bootstrap=1), "runs.digits_t6_k30.evaluate.fidelity.bootstrap"),
+    (lambda r: r["sample"].update(n=15), "runs.digits_t6_k30.sample.n"),
+])
+def test_standard_errors_need_enough_samples(edit, key):
+    params = copy.deepcopy(PARAMS)
+    edit(params["runs"]["digits_t6_k30"])
+    with pytest.raises(ParamsError, match=key.replace(".", r"\.")):
+        validate(params)
+    params["runs"]["digits_t6_k30"]["evaluate"]["fidelity"]["bootstrap"] = 0   # no standard errors: accepted
+    params["runs"]["digits_t6_k30"]["sample"]["n"] = 15
+    validate(params)
 
 
 # ---------------------------------------------------------------- tables and compare
