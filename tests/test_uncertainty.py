@@ -191,3 +191,18 @@ def test_test_log_likelihood_se_adds_the_test_spread_and_log_z_error():
     assert mean_log_likelihood_se([1.0], 0.1) is None
     dim = 64   # bits/dim are affine in log p with slope -1 / (D log 2): the se scales by that
     assert bits_per_dim(0.0, dim) - bits_per_dim(1.0, dim) == pytest.approx(1 / (dim * np.log(2)))
+
+
+def test_retraining_the_classifier_is_an_explicit_action_that_names_the_new_hash(tmp_path, monkeypatch, capsys):
+    params = copy.deepcopy(PARAMS)
+    params["extractors"]["digits_classifier"].update(weights="clf.pt", epochs=1, width=4)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    assert main(["prepare", "--dataset", "digits"]) == 0
+    assert main(["extractor", "--extractor", "digits_classifier"]) == 0
+    out = capsys.readouterr().out
+    sha = file_sha256(tmp_path / "clf.pt")
+    assert f"sha256 {sha}" in out and "set extractors.digits_classifier.sha256 in params.yaml" in out
+    with pytest.raises(EvaluationError, match="extractors.digits_classifier.sha256"):   # until params names it
+        resolve_extractor(params["extractors"]["digits_classifier"], "extractors.digits_classifier")
+    assert main(["extractor", "--extractor", "inception"]) == 2   # only classifiers are trained here
