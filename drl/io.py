@@ -9,6 +9,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from drl.data.points import DataError
+
 
 # Errors that can only come from writing.  The body of ``atomic_path`` may also read (prepare streams
 # raw images into the temp file), so other OSErrors, e.g. PIL's for an undecodable image, pass as they are.
@@ -102,6 +104,30 @@ def torch_save(path, obj) -> None:
     torch.save(obj, buf)
     with atomic_path(path) as tmp:
         tmp.write_bytes(buf.getbuffer())
+
+
+class CheckpointError(DataError):
+    """A checkpoint holds objects other than tensors and plain data, and was not loaded."""
+
+
+def load_checkpoint(path, map_location="cpu"):
+    """Load a checkpoint (model.pt, state.pt, a classifier) as data only.  Checkpoints travel through
+    DVC remotes, and a full unpickle of one can run any code it names; torch's weights-only unpickler
+    admits tensors, numbers, strings and containers of them, which is all this project saves."""
+    import pickle
+    import re
+
+    import torch
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # name the refused object; torch's own message suggests loading without weights_only
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        raise CheckpointError(
+            f"{path}: refused to load: it contains objects other than tensors, numbers and strings"
+            f"{f' ({found[1]})' if found else ''}, and loading them could run code. Delete it and retrain, "
+            f"or pull it again from a trusted remote") from exc
 
 
 def np_save(path, array) -> None:

@@ -22,7 +22,7 @@ from drl import distributed, perf
 from drl.data.pixels import is_image_array, to_model_space
 from drl.diffusion import Schedule, diffused_pair, make_schedule
 from drl.energy import ConditionalEBM
-from drl.io import atomic_path, torch_save
+from drl.io import atomic_path, load_checkpoint, torch_save
 from drl.nets import build_net
 from drl.objectives import dsm_loss, recovery_likelihood_loss
 
@@ -84,7 +84,7 @@ def build_model(model_cfg: dict) -> ConditionalEBM:
 
 def load_model(path, ema: bool = True) -> tuple[ConditionalEBM, dict]:
     """Rebuild the EBM from a checkpoint alone (sampling needs no flags)."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = load_checkpoint(path)
     ebm = build_model(ckpt["model_cfg"])
     ebm.load_state_dict(ckpt["ema" if ema else "model"])
     ebm.eval()
@@ -187,7 +187,7 @@ def _train(cfg: dict, data: np.ndarray, out_dir: Path, device: str, progress: bo
     start, log_rows = 0, []
     state_path, final_path = out_dir / "state.pt", out_dir / "model.pt"
     if state_path.exists():
-        st = torch.load(state_path, map_location=device, weights_only=False)
+        st = load_checkpoint(state_path, device)
         if _resume_key(st["cfg"]) != _resume_key(cfg):   # perf switches may change between sessions
             raise RuntimeError(f"{state_path} was written for a different configuration; delete it to start afresh")
         if len(st["generators"]) != w.size:
@@ -274,7 +274,7 @@ def record_divergence(cfg: dict, out_dir: str | Path, err: DivergenceError) -> d
     model_cfg = {k: cfg[k] for k in MODEL_KEYS}
     state_path = out_dir / "state.pt"
     if state_path.exists():
-        good = torch.load(state_path, map_location="cpu", weights_only=False)
+        good = load_checkpoint(state_path)
     else:
         torch.manual_seed(cfg["train"]["seed"])  # as _train does before building the model
         weights = build_model(model_cfg).state_dict()

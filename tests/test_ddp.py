@@ -103,7 +103,7 @@ def _worker(out: Path) -> None:
     # 2. the same run stopped after its first checkpoint, then rerun
     _stop_at_first_checkpoint(cfg, data, out / "resumed")
     assert not (out / "resumed" / "model.pt").exists()
-    assert torch.load(out / "resumed" / "state.pt", weights_only=False)["iteration"] == 10
+    assert torch.load(out / "resumed" / "state.pt", weights_only=True)["iteration"] == 10
     train(cfg, data, out / "resumed", progress=False)
     # 3. fixed global batches, deterministic chains
     for objective in ("recovery_likelihood", "dsm"):
@@ -158,8 +158,8 @@ def test_two_processes_match_one_on_the_same_global_batch(ddp_out, data, tmp_pat
     the whole batch to 1e-6 (float32 summation order; no synchronisation would differ by ~1e-3)."""
     cfg = _equivalence_cfg(objective)
     monkeypatch.setattr(T, "draw_batch", _serve(_fixed_batches(cfg, data)))
-    single = torch.load(train(cfg, data, tmp_path, progress=False), weights_only=False)
-    ddp = torch.load(ddp_out / objective / "model.pt", weights_only=False)
+    single = torch.load(train(cfg, data, tmp_path, progress=False), weights_only=True)
+    ddp = torch.load(ddp_out / objective / "model.pt", weights_only=True)
     _close(ddp["model"], single["model"], atol=1e-6)
     _close(ddp["ema"], single["ema"], atol=1e-6)
     torch.manual_seed(cfg["train"]["seed"])
@@ -175,8 +175,8 @@ def test_torchrun_cli_writes_one_model_and_a_stopped_run_resumes_bitwise(ddp_out
     run_dir = ddp_out / "project" / "results" / group / "runs" / RUN
     # (and drl train's lock file, .lock)
     assert sorted(p.name for p in run_dir.iterdir() if p.name != ".lock") == ["config.json", "model.pt", "train_log.csv"]
-    full = torch.load(run_dir / "model.pt", weights_only=False)
-    resumed = torch.load(ddp_out / "resumed" / "model.pt", weights_only=False)
+    full = torch.load(run_dir / "model.pt", weights_only=True)
+    resumed = torch.load(ddp_out / "resumed" / "model.pt", weights_only=True)
     assert full["iteration"] == 20 and len(full["log"]) == 4
     for key in ("model", "ema"):
         assert all(torch.equal(full[key][k], resumed[key][k]) for k in full[key]), key
@@ -221,9 +221,9 @@ def test_bf16_training_is_finite_and_close_to_fp32(tmp_path, data):
     """10 Adam steps (lr 1e-3): bf16 weights stay float32 and within 2e-3 of the fp32 run's
     (measured: 5e-4; each step moves a weight by up to ~lr, so 10 steps of opposite sign would
     differ by 2e-2), and the logged mean energies (~0.25) agree to 5e-3 (measured: 4e-4)."""
-    fp32 = torch.load(train(tiny_cfg(iterations=10), data, tmp_path / "fp32", progress=False), weights_only=False)
+    fp32 = torch.load(train(tiny_cfg(iterations=10), data, tmp_path / "fp32", progress=False), weights_only=True)
     bf16 = torch.load(train(tiny_cfg(iterations=10, precision="bf16"), data, tmp_path / "bf16", progress=False),
-                      weights_only=False)
+                      weights_only=True)
     assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in bf16["model"].values())
     _close(bf16["model"], fp32["model"], atol=2e-3)
     for r, s in zip(bf16["log"], fp32["log"]):

@@ -70,7 +70,7 @@ def _iteration_of_state(project: Path, after: int = 0, timeout: float = 120) -> 
     path, deadline = project / RUN / "state.pt", time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            it = torch.load(path, weights_only=False)["iteration"]
+            it = torch.load(path, weights_only=True)["iteration"]
             if it > after:
                 return it
         except (FileNotFoundError, RuntimeError, EOFError):  # not there yet (it appears whole, by rename)
@@ -186,7 +186,7 @@ def test_two_snakemake_runs_on_one_directory_respect_the_lock(tmp_path):
     assert refused == [True, True]
     assert results[0][0] == 0, results[0][1][-3000:]
     assert results[1][0] != 0  # (its log was truncated by the refused jobs: the same log file)
-    assert torch.load(project / "results/faults/runs/toy_term/model.pt", weights_only=False)["iteration"] == 1000
+    assert torch.load(project / "results/faults/runs/toy_term/model.pt", weights_only=True)["iteration"] == 1000
     # written only on the signal (checkpoint_every is larger than the run)
-    assert torch.load(project / "results/faults/runs/toy_slow/state.pt", weights_only=False)["iteration"] > 0
+    assert torch.load(project / "results/faults/runs/toy_slow/state.pt", weights_only=True)["iteration"] > 0
     assert not _temp_files(project)

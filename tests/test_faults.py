@@ -99,7 +99,7 @@ def _load(path: Path) -> None:
         with np.load(path) as z:
             [z[k] for k in z.files]
     elif path.suffix == ".pt":
-        torch.load(path, weights_only=False)
+        torch.load(path, weights_only=True)
     elif path.suffix == ".json":
         json.loads(path.read_text())
     elif path.suffix == ".png":
@@ -117,7 +117,7 @@ def _check_outputs(project: Path) -> None:
 
 
 def _same_weights(a: Path, b: Path) -> None:
-    a, b = torch.load(a, weights_only=False), torch.load(b, weights_only=False)
+    a, b = torch.load(a, weights_only=True), torch.load(b, weights_only=True)
     for key in ("model", "ema"):
         assert a[key].keys() == b[key].keys()
         assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
@@ -230,7 +230,7 @@ def test_sigterm_during_training_saves_state_exits_nonzero_and_resumes_bitwise(r
     assert time.monotonic() - t0 < 5 and p.returncode == 128 + signal.SIGTERM, err[-2000:]
     state_path = project / "results/faults/runs/toy_term/state.pt"
     assert f"saved {Path('results/faults/runs/toy_term/state.pt')}; rerun the same command to resume" in err
-    state = torch.load(state_path, weights_only=False)
+    state = torch.load(state_path, weights_only=True)
     assert 0 < state["iteration"] < ITERS and f"SIGTERM at iteration {state['iteration']} of {ITERS}" in err
     assert not (state_path.parent / "model.pt").exists()
     _run(args, project)
@@ -267,7 +267,7 @@ def test_a_signal_stops_training_at_the_end_of_its_iteration(data, tmp_path, mon
     finally:
         signal.signal(signum, before)
     assert exc.value.code == 128 + signum and "rerun the same command to resume" in str(exc.value)
-    assert torch.load(tmp_path / "stopped" / "state.pt", weights_only=False)["iteration"] == 7
+    assert torch.load(tmp_path / "stopped" / "state.pt", weights_only=True)["iteration"] == 7
     T.train(cfg, data, tmp_path / "stopped", progress=False)
     _same_weights(tmp_path / "stopped" / "model.pt", T.train(cfg, data, tmp_path / "full", progress=False))
 
@@ -293,7 +293,7 @@ def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(data, tmp
     assert exc.value.errno == errno.ENOSPC
     assert str(exc.value).endswith(f"could not write {out / 'state.pt'}: No space left on device; "
                                    "its previous version is intact")
-    assert torch.load(out / "state.pt", weights_only=False)["iteration"] == 10
+    assert torch.load(out / "state.pt", weights_only=True)["iteration"] == 10
     assert sorted(p.name for p in out.iterdir()) == ["state.pt"]
     T.train(cfg, data, out, progress=False)
     _same_weights(out / "model.pt", T.train(cfg, data, tmp_path / "full", progress=False))
@@ -355,14 +355,14 @@ def test_sigterm_to_one_torchrun_rank_stops_all_ranks_at_one_iteration(reference
     with _torchrun_training(reference, tmp_path) as (project, cmd, p):
         os.kill(_rank_pid(p.pid, 1), signal.SIGTERM)
         err = p.communicate(timeout=30)[1].decode()
-    state = torch.load(project / "results/faults/runs/toy_term/state.pt", weights_only=False)
+    state = torch.load(project / "results/faults/runs/toy_term/state.pt", weights_only=True)
     assert p.returncode != 0 and len(state["generators"]) == 2 and 0 < state["iteration"] < ITERS, err[-3000:]
     assert f"SIGTERM at iteration {state['iteration']} of {ITERS}" in err  # printed by rank 0, never signalled
     # torchrun's summary names the first rank to exit (then it stops the other, whichever it is)
     assert "exitcode  : 143" in err, err[-3000:]
     r = subprocess.run(cmd, cwd=project, env=ENV, capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert torch.load(project / "results/faults/runs/toy_term/model.pt", weights_only=False)["iteration"] == ITERS
+    assert torch.load(project / "results/faults/runs/toy_term/model.pt", weights_only=True)["iteration"] == ITERS
 
 
 def _final_writes_raise(signum: int, name: str, monkeypatch) -> None:
@@ -437,8 +437,8 @@ def test_divergence_keeps_the_last_good_checkpoint_and_the_metrics_and_tables_re
 
     assert main(["train", "--run", "toy_diverge", "--device", "cpu"]) == 0  # the sweep goes on
     err = capsys.readouterr().err
-    state = torch.load(run / "state.pt", weights_only=False)  # the last good checkpoint is kept
-    model = torch.load(run / "model.pt", weights_only=False)
+    state = torch.load(run / "state.pt", weights_only=True)  # the last good checkpoint is kept
+    model = torch.load(run / "model.pt", weights_only=True)
     record = model["diverged"]
     assert "training diverged at iteration" in err and "lower sampler.b" in err and "lower train.lr" in err
     assert 0 < state["iteration"] == record["last_good_iteration"] == model["iteration"] <= record["iteration"] < ITERS

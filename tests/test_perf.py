@@ -137,9 +137,9 @@ def test_per_iteration_is_one_power_iteration_then_fixed_weights():
 def test_perf_runs_resume_bitwise(tmp_path, monkeypatch, net, perf_cfg):
     """As tests/test_train.py's resume test, under the switches that keep state (u, v) or layouts."""
     cfg, data = _cfg(net, perf_cfg), _data(net)
-    full = torch.load(train(cfg, data, tmp_path / "full", progress=False), weights_only=False)
+    full = torch.load(train(cfg, data, tmp_path / "full", progress=False), weights_only=True)
     train_until_first_checkpoint(cfg, data, tmp_path / "resumed", monkeypatch)
-    resumed = torch.load(train(cfg, data, tmp_path / "resumed", progress=False), weights_only=False)
+    resumed = torch.load(train(cfg, data, tmp_path / "resumed", progress=False), weights_only=True)
     _same(full["model"], resumed["model"])
     _same(full["ema"], resumed["ema"])
     assert [r["loss"] for r in full["log"]] == [r["loss"] for r in resumed["log"]]
@@ -150,7 +150,7 @@ def test_a_perf_only_change_may_resume(tmp_path, monkeypatch):
     train_until_first_checkpoint(_cfg("mlp", {"sn_power_iteration": "per_iteration"}), data, tmp_path, monkeypatch)
     with pytest.raises(RuntimeError, match="different configuration"):
         train(_cfg("mlp", {"sn_power_iteration": "per_iteration"}, lr=2e-3), data, tmp_path, progress=False)
-    ckpt = torch.load(train(_cfg("mlp"), data, tmp_path, progress=False), weights_only=False)
+    ckpt = torch.load(train(_cfg("mlp"), data, tmp_path, progress=False), weights_only=True)
     assert ckpt["iteration"] == 20 and "perf" not in ckpt["cfg"]
 
 
@@ -177,9 +177,9 @@ def test_channels_last_computes_the_same_chain_and_training(tmp_path):
     y_fast = langevin(fast, x, t, 10, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(y_fast, y, rtol=0, atol=reordered(1.0, 100))
     cfg = _cfg("wrn", iterations=5)
-    a = torch.load(train(cfg, _data("wrn"), tmp_path / "plain", progress=False), weights_only=False)
+    a = torch.load(train(cfg, _data("wrn"), tmp_path / "plain", progress=False), weights_only=True)
     b = torch.load(train({**cfg, "perf": {"channels_last": True}}, _data("wrn"), tmp_path / "cl", progress=False),
-                   weights_only=False)
+                   weights_only=True)
     torch.manual_seed(cfg["train"]["seed"])   # the initial weights, as train builds them
     init = build_model({k: cfg[k] for k in ("diffusion", "energy", "sampler")}).state_dict()
     params = [k for k, _ in build_model({k: cfg[k] for k in ("diffusion", "energy", "sampler")}).named_parameters()]

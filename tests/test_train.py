@@ -61,11 +61,11 @@ def train_until_first_checkpoint(cfg, data, out_dir, monkeypatch):
 def test_resume_is_bitwise_identical(tmp_path, data, monkeypatch):
     """A run stopped after its checkpoint at iteration 10 and rerun ends in exactly the state of an
     uninterrupted run (same seeds; CPU)."""
-    full = torch.load(train(tiny_cfg(), data, tmp_path / "full", progress=False), weights_only=False)
+    full = torch.load(train(tiny_cfg(), data, tmp_path / "full", progress=False), weights_only=True)
     train_until_first_checkpoint(tiny_cfg(), data, tmp_path / "resumed", monkeypatch)
     assert not (tmp_path / "resumed" / "model.pt").exists()
-    assert torch.load(tmp_path / "resumed" / "state.pt", weights_only=False)["iteration"] == 10
-    resumed = torch.load(train(tiny_cfg(), data, tmp_path / "resumed", progress=False), weights_only=False)
+    assert torch.load(tmp_path / "resumed" / "state.pt", weights_only=True)["iteration"] == 10
+    resumed = torch.load(train(tiny_cfg(), data, tmp_path / "resumed", progress=False), weights_only=True)
     _same_state(full["model"], resumed["model"])
     _same_state(full["ema"], resumed["ema"])
     assert [r["loss"] for r in full["log"]] == [r["loss"] for r in resumed["log"]]
@@ -96,5 +96,5 @@ def test_divergence_stops_with_a_clear_message_and_keeps_the_last_state(tmp_path
               progress=False)
     assert not (tmp_path / "model.pt").exists()
     assert (tmp_path / "state.pt").exists()
-    state = torch.load(tmp_path / "state.pt", weights_only=False)
+    state = torch.load(tmp_path / "state.pt", weights_only=True)
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())

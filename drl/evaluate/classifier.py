@@ -16,7 +16,7 @@ from torch import nn
 from torch_fidelity import FeatureExtractorBase, register_feature_extractor
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
-from drl.io import torch_save
+from drl.io import load_checkpoint, torch_save
 
 CLASSIFIER_EXTRACTOR = "drl-classifier"
 CLASSIFIER_DEFAULTS = {"epochs": 15, "lr": 1e-3, "batch_size": 64, "seed": 0, "width": 32, "feature_dim": 128}
@@ -101,7 +101,7 @@ def save_classifier(path, model: SmallCNN, info: dict) -> None:
 
 def load_classifier(path) -> SmallCNN:
     """Rebuild the classifier from its checkpoint alone (eval mode, no gradients)."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = load_checkpoint(path)
     model = SmallCNN(**ckpt["args"])
     model.load_state_dict(ckpt["state_dict"])
     return model.eval().requires_grad_(False)
