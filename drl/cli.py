@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import signal
 import sys
 import threading
@@ -24,8 +25,23 @@ def cmd_prepare(params: dict, args) -> None:
 
     if args.dataset not in params["datasets"]:
         raise ParamsError(f"dataset {args.dataset!r} is not defined under datasets in {args.params}")
-    m = prepare(params["datasets"][args.dataset], paths.prepared_dir(args.dataset))
-    print(f"prepared {args.dataset}: train {m['train']['shape']}, test {m['test']['shape']}")
+    m = prepare(params["datasets"][args.dataset], paths.prepared_dir(args.dataset), workers=args.workers or _cpus())
+    classes = f", {len(m['classes'])} classes" if m.get("classes") else ""
+    print(f"prepared {args.dataset}: train {m['train']['shape']}, test {m['test']['shape']}{classes}")
+
+
+def _cpus() -> int:
+    """The CPUs this process may run on (a SLURM allocation or taskset limits them), else all."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        return os.cpu_count() or 1
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
 
 
 def _require(path: Path, producer: str) -> Path:
@@ -146,6 +162,9 @@ def cmd_extractor(params: dict, args) -> None:
     if ex is None or ex["kind"] != "classifier":
         raise ParamsError(f"extractors.{args.extractor} is not a classifier defined in {args.params}")
     (train, train_y), (test, test_y) = _labelled(ex["dataset"], "train"), _labelled(ex["dataset"], "test")
+    if len(np.unique(train_y)) < 2:
+        raise DataError(f"dataset {ex['dataset']!r}: its train split has one class; "
+                        "a classifier extractor needs at least 2")
     model, info = train_classifier(train, train_y, ex, test_images=test, test_labels=test_y)
     # wall time is printed, not stored: the checkpoint's sha256 identifies the extractor in metrics
     save_classifier(ex["weights"], model, {k: v for k, v in info.items() if k != "seconds"})
@@ -159,7 +178,12 @@ def cmd_extractor(params: dict, args) -> None:
 def _labelled(dataset: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     labels = np.load(_require(paths.prepared_dir(dataset) / "labels.npz", f"drl prepare --dataset {dataset}"))
     if labels[split].size == 0:
-        raise DataError(f"dataset {dataset!r} has no class labels; a classifier extractor needs a labelled dataset")
+        import json
+
+        manifest = paths.prepared_dir(dataset) / "manifest.json"   # image folders say why they have none
+        why = json.loads(manifest.read_text()).get("source", {}).get("labels") if manifest.exists() else None
+        raise DataError(f"dataset {dataset!r} has no class labels{f' ({why})' if isinstance(why, str) else ''}; "
+                        "a classifier extractor needs a labelled dataset")
     return _prepared(dataset, split), labels[split]
 
 
@@ -451,7 +475,7 @@ def cmd_missing_input(params: dict, args) -> None:
         if ex.get("weights") == args.path:
             from drl.evaluate.fidelity import resolve_extractor
 
-            resolve_extractor(ex)  # raises EvaluationError with the download address
+            resolve_extractor(ex, f"extractors.{name}")  # raises EvaluationError saying how to obtain it
     raise DataError(f"{args.path}: not found; params.yaml names it as an input that you provide")
 
 
@@ -501,6 +525,8 @@ def main(argv=None) -> int:
     sub = p.add_subparsers(dest="stage", required=True)
     sp = sub.add_parser("prepare", help="raw data -> data/prepared/<dataset>/")
     sp.add_argument("--dataset", required=True)
+    sp.add_argument("--workers", type=_positive, help="processes decoding images (default: one per CPU this "
+                    "process may use); the output is the same for any number")
     for name, fn in (("train", cmd_train), ("sample", cmd_sample), ("long-run", cmd_long_run),
                      ("evaluate", cmd_evaluate)):
         sp = sub.add_parser(name)

@@ -1,15 +1,19 @@
 """Image preprocessing, paper Appendix B: centre-crop a square, resize it to the training resolution
-with an antialiasing filter, store uint8 (N, H, W, C).  Encoded images are decoded one at a time
-into a memory-mapped .npy, so a dataset larger than memory (LSUN bedroom: 3M images) still fits.
+with an antialiasing filter, store uint8 (N, H, W, C).  Images are written in stream order into a
+memory-mapped .npy, so a dataset larger than memory (LSUN bedroom: 3M images) still fits; decoding
+may run in worker processes, with the same bytes out for any number of them.
 Random horizontal flips happen at training time, not here."""
 from __future__ import annotations
 
 import hashlib
 import io
+import multiprocessing
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Generator
+from typing import Callable, Generator, Iterable, Iterator
 
 import numpy as np
 import PIL
@@ -24,6 +28,12 @@ FILTERS = {"box": Image.Resampling.BOX, "bilinear": Image.Resampling.BILINEAR,
            "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}
 SHORTER_SIDE = "shorter_side"
 NAMES_KEPT = 10  # skipped images named in the manifest
+# A worker's task: this many images or encoded bytes, whichever comes first (large enough that
+# inter-process traffic is cheap next to decoding, small enough to spread a few hundred images).
+CHUNK_ITEMS, CHUNK_BYTES = 64, 8 << 20
+# Tasks per worker submitted but not yet written: keeps every worker busy while the parent reads and
+# writes, and bounds memory (the parent reads at most this far ahead, whatever the dataset's size).
+IN_FLIGHT = 2
 
 
 class UnreadableImage(DataError):
@@ -86,43 +96,113 @@ class ImageStream:
     preprocess: Preprocess
 
 
-def write_images(path: Path, stream: ImageStream, *, skip_corrupt: bool, desc: str) -> tuple[dict, str]:
+def write_images(path: Path, stream: ImageStream, *, skip_corrupt: bool, desc: str,
+                 workers: int = 1) -> tuple[dict, str, list[int]]:
     """Decode, crop and resize each image of ``stream`` into a uint8 .npy at ``path``, preallocated as
-    a memory map.  Returns the split's manifest entry and the sha256 of the array's bytes."""
+    a memory map, with up to ``workers`` processes.  Returns the split's manifest entry, the sha256
+    of the array's bytes and the stream positions of the images skipped as corrupt (to drop their
+    labels).  Reading, hashing and writing stay in this process, in stream order."""
     shape = stream.preprocess.shape
     out = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(stream.count, *shape), version=(1, 0))
     digest, inputs, skipped, n = hashlib.sha256(), ItemsHash(), [], 0
-    with closing(stream.items) as items:  # closes the archive or LMDB even when an image fails
-        for name, data in tqdm(items, total=stream.count, desc=desc, unit="img", mininterval=2):
-            inputs.update(name, data)
-            pixels = _pixels(stream, name, data, skip_corrupt)
-            if pixels is None:
-                skipped.append(name)
+    # closing: the archive or LMDB, and the worker processes, are released even when an image fails
+    with closing(stream.items) as items, closing(decoded(_hashed(items, inputs), stream.preprocess, workers,
+                                                         stream.count)) as results:
+        for i, (name, pixels) in enumerate(tqdm(results, total=stream.count, desc=desc, unit="img", mininterval=2)):
+            if isinstance(pixels, Exception):
+                _raise_unless_skipped(stream, name, pixels, skip_corrupt)
+                skipped.append((i, name))
                 continue
             out[n] = pixels
             digest.update(pixels.tobytes())
             n += 1
     out.flush()
     del out
+    names = [name for _, name in skipped]
     if n == 0:
-        raise DataError(f"{desc}: no image could be decoded, e.g. {[stream.locate(s) for s in skipped[:3]]}")
+        raise DataError(f"{desc}: no image could be decoded, e.g. {[stream.locate(s) for s in names[:3]]}")
     if n < stream.count:
         _shrink_npy(path, n)
-    return {"shape": [n, *shape], "dtype": "uint8", "inputs_sha256": inputs.hexdigest(),
-            "skipped_corrupt": {"count": len(skipped), "first": skipped[:NAMES_KEPT]}}, digest.hexdigest()
+    return ({"shape": [n, *shape], "dtype": "uint8", "inputs_sha256": inputs.hexdigest(),
+             "skipped_corrupt": {"count": len(names), "first": names[:NAMES_KEPT]}}, digest.hexdigest(),
+            [i for i, _ in skipped])
 
 
-def _pixels(stream: ImageStream, name: str, data: bytes, skip_corrupt: bool) -> np.ndarray | None:
-    """One preprocessed image; None if it cannot be decoded and ``skip_corrupt``."""
-    try:
-        return stream.preprocess(decode(data, stream.preprocess.mode))
-    except UnreadableImage as exc:
-        if skip_corrupt:
-            return None
+def _hashed(items: Iterable[tuple[str, bytes]], inputs: ItemsHash) -> Iterator[tuple[str, bytes]]:
+    for name, data in items:
+        inputs.update(name, data)
+        yield name, data
+
+
+def _raise_unless_skipped(stream: ImageStream, name: str, exc: Exception, skip_corrupt: bool) -> None:
+    if not isinstance(exc, UnreadableImage):
+        raise DataError(f"{stream.locate(name)}: {exc}") from exc
+    if not skip_corrupt:
         raise DataError(f"{stream.locate(name)}: {exc}; replace it, or set skip_corrupt: true in the "
                         "dataset's params.yaml entry to skip undecodable images") from exc
-    except DataError as exc:
-        raise DataError(f"{stream.locate(name)}: {exc}") from exc
+
+
+def decoded(items: Iterable[tuple[str, bytes]], pre: Preprocess, workers: int,
+            count: int) -> Iterator[tuple[str, np.ndarray | DataError]]:
+    """(name, preprocessed pixels, or the DataError that stopped them) of each of ``count`` items, in
+    order.  With ``workers`` > 1 the items are decoded in that many processes (fewer for a short
+    stream), at most ``IN_FLIGHT`` chunks per worker ahead of the consumer.  Items are read here,
+    not in the workers: archive and LMDB readers cannot be shared between processes."""
+    workers = min(workers, -(-count // CHUNK_ITEMS))
+    if workers <= 1:
+        for name, data in items:
+            yield name, _decode_one(pre, data)
+        return
+    # ProcessPoolExecutor, unlike Pool, fails instead of hanging when a worker dies (e.g. killed for memory)
+    pool = ProcessPoolExecutor(workers, mp_context=_context())
+    pending = deque()
+    try:
+        for names, datas in _chunks(items):
+            pending.append((names, pool.submit(_decode_chunk, pre, datas)))
+            if len(pending) >= workers * IN_FLIGHT:
+                names, task = pending.popleft()
+                yield from zip(names, task.result())
+        while pending:
+            names, task = pending.popleft()
+            yield from zip(names, task.result())
+    finally:  # on an error (or close()) the queued tasks are dropped, the running ones end
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _context() -> multiprocessing.context.BaseContext:
+    """forkserver: workers are forked from a clean server process, not from this one, whose threads
+    (tqdm's monitor, BLAS or torch pools) may hold locks at the fork.  The server imports this module
+    once; each worker still imports the main script (so a script calling ``prepare`` with workers
+    needs an ``if __name__ == "__main__"`` guard), about 0.3 s for `drl`, in parallel."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])
+    return ctx
+
+
+def _chunks(items: Iterable[tuple[str, bytes]]) -> Iterator[tuple[list[str], list[bytes]]]:
+    names, datas, size = [], [], 0
+    for name, data in items:
+        names.append(name)
+        datas.append(data)
+        size += len(data)
+        if len(names) == CHUNK_ITEMS or size >= CHUNK_BYTES:
+            yield names, datas
+            names, datas, size = [], [], 0
+    if names:
+        yield names, datas
+
+
+def _decode_chunk(pre: Preprocess, datas: list[bytes]) -> list[np.ndarray | DataError]:
+    return [_decode_one(pre, data) for data in datas]
+
+
+def _decode_one(pre: Preprocess, data: bytes) -> np.ndarray | DataError:
+    """The preprocessed image, or its DataError returned (not raised) so that the consumer, which
+    knows where the bytes came from, names the file and decides whether to skip it."""
+    try:
+        return pre(decode(data, pre.mode))
+    except DataError as exc:  # UnreadableImage included
+        return exc
 
 
 def _shrink_npy(path: Path, n: int) -> None:

@@ -40,7 +40,7 @@ from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from
 from drl.data.raw import file_sha256
 from drl.evaluate.classifier import CLASSIFIER_EXTRACTOR, ClassifierExtractor
 from drl.evaluate.errors import EvaluationError
-from drl.io import np_savez
+from drl.io import load_checkpoint, np_savez
 
 INCEPTION_WEIGHTS_URL = URL_INCEPTION_V3
 INCEPTION_WEIGHTS_FILE = URL_INCEPTION_V3.rsplit("/", 1)[1]  # weights-inception-2015-12-05-6726825d.pth
@@ -106,11 +106,13 @@ def resolve_extractor(cfg: dict, key: str = "extractors.<name>") -> Extractor:
         check_sha256(path, cfg.get("sha256"), f"{key}.sha256", f"Download it again ({INCEPTION_WEIGHTS_URL}). ")
         return Extractor(kind, "inception-v3-compat", path, 3, "2048", "logits_unbiased")
     if not path.is_file():
-        raise EvaluationError(f"classifier weights not found at '{path}' ({key}.weights): the digits classifier "
-                              f"ships with the repository (restore it with `git checkout -- {path}`); another "
-                              f"classifier is trained once, on purpose, by `drl extractor --extractor NAME`")
+        name = key.removeprefix("extractors.")
+        raise EvaluationError(f"classifier weights not found at '{path}' ({key}.weights): a shipped classifier is "
+                              f"restored with `git checkout -- {path}`; another is trained once, on purpose, by "
+                              f"`drl extractor --extractor {name}` on its prepared labelled dataset, after which "
+                              f"{key}.sha256 names the hash it prints")
     check_sha256(path, cfg.get("sha256"), f"{key}.sha256", f"Restore the shipped file (`git checkout -- {path}`). ")
-    channels = torch.load(path, map_location="cpu", weights_only=True)["args"]["in_channels"]
+    channels = load_checkpoint(path)["args"]["in_channels"]
     return Extractor(kind, CLASSIFIER_EXTRACTOR, path, channels, *(
         ClassifierExtractor.get_default_feature_layer_for_metric(m) for m in ("fid", "isc")))
 
