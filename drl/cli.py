@@ -464,6 +464,21 @@ def cmd_compare(params: dict, args) -> None:
         print(f"== {where}\n{render(compare(old, new, args.z), notes, args.z)}\n")
 
 
+def cmd_fetch(params: dict, args) -> None:
+    from drl.data.fetch import fetch
+
+    if args.name not in params.get("downloads", {}):
+        raise ParamsError(f"{args.name!r} is not defined under downloads in {args.params} "
+                          f"(defined: {sorted(params.get('downloads', {}))})")
+    print(fetch(args.name, params["downloads"][args.name], retries=args.retries), flush=True)
+
+
+def cmd_pull(params: dict, args) -> None:
+    from drl.share import pull
+
+    pull(params, args.group, args.remote)
+
+
 def cmd_missing_input(params: dict, args) -> None:
     """Explain a raw dataset file or weights file that the workflow needs but cannot make."""
     from drl.data.prepare import LOADERS, raw_inputs
@@ -546,6 +561,13 @@ def main(argv=None) -> int:
     sp.add_argument("--check", action="store_true", help="fail if the file is out of date")
     sp = sub.add_parser("table", help="render one entry of `tables` (CSV + Markdown)")
     sp.add_argument("--table", required=True)
+    sp = sub.add_parser("fetch", help="download one entry of `downloads` and verify its checksum")
+    sp.add_argument("--name", required=True)
+    sp.add_argument("--retries", type=int, default=3, help="further attempts after a dropped connection (default 3)")
+    sp = sub.add_parser("pull", help="a group's trained artifacts from the DVC remote, verified by DVC, then "
+                                     "marked up to date for Snakemake")
+    sp.add_argument("--group", help="a group of runs (default: every group)")
+    sp.add_argument("--remote", help="DVC remote name (default: the default remote)")
     sp = sub.add_parser("missing-input", help="explain a missing raw dataset or weights file (exit code 2)")
     sp.add_argument("--path", required=True)
     sub.add_parser("validate", help="validate params.yaml and exit")
@@ -557,7 +579,7 @@ def main(argv=None) -> int:
     sp.add_argument("--z", type=float, default=2.0, help="a change beyond z standard errors is flagged (default 2)")
     args = p.parse_args(argv)
     fns = {"prepare": cmd_prepare, "figure": cmd_figure, "table": cmd_table, "extractor": cmd_extractor,
-           "refstats": cmd_refstats, "missing-input": cmd_missing_input, "dvc-yaml": cmd_dvc_yaml, "validate": cmd_validate,
+           "refstats": cmd_refstats, "missing-input": cmd_missing_input, "fetch": cmd_fetch, "pull": cmd_pull, "dvc-yaml": cmd_dvc_yaml, "validate": cmd_validate,
            "compare": cmd_compare}
     fn = getattr(args, "fn", None) or fns[args.stage]
     from drl.evaluate.errors import EvaluationError

@@ -32,7 +32,7 @@ LONG_RUN_METRICS = ("fid", "fid_se", "is_mean", "is_mean_se", "is_std", "log_z_a
 
 # Snakemake rule names: a group of the same name would clash with its target rule.
 RESERVED_GROUPS = {"all", "prepare", "train", "sample", "long_run", "refstats", "evaluate", "figure", "table",
-                   "missing_input"}
+                   "missing_input", "fetch", "fetch_unpacked"}
 
 
 def metrics_of(evaluate: dict) -> set[str]:

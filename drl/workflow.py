@@ -16,6 +16,7 @@ from drl.paths import PATTERNS, PREPARED_FILES, table_markdown
 
 # Code each kind of stage runs (DVC reruns a stage when its code changes).
 CODE = {
+    "fetch": ["drl/data/fetch.py"],
     "prepare": ["drl/data", "drl/io.py"],
     "train": ["drl/train.py", "drl/diffusion.py", "drl/energy.py", "drl/mcmc.py", "drl/objectives.py", "drl/nets",
               "drl/perf.py"],
@@ -149,11 +150,21 @@ def _report_stages(params: dict) -> list[Stage]:
     return out
 
 
+def _fetch_stages(params: dict, needed: set[str]) -> list[Stage]:
+    """`drl fetch` for each ``downloads`` entry whose path some stage reads.  Its output is kept out of
+    DVC's cache (the official server is its source, and many licences forbid redistribution) and
+    persists, so that a file already in place is verified rather than deleted and downloaded again."""
+    return [Stage(f"fetch_{name}", "fetch", f"drl fetch --name {name}", list(CODE["fetch"]), [d["path"]],
+                  [f"downloads.{name}"]) for name, d in params.get("downloads", {}).items() if d["path"] in needed]
+
+
 def stages(params: dict) -> list[Stage]:
     out = _data_stages(params)
     for run in params["runs"]:
         out += _run_stages(params, run)
-    return out + _report_stages(params)
+    out += _report_stages(params)
+    made = {t for s in out for t in s.targets}
+    return _fetch_stages(params, {d for s in out for d in s.deps if d not in made}) + out
 
 
 def stages_by_output(params: dict) -> dict[str, Stage]:
@@ -162,7 +173,7 @@ def stages_by_output(params: dict) -> dict[str, Stage]:
 
 
 def external_inputs(params: dict) -> set[str]:
-    """Input files no stage writes: raw datasets and downloaded weights (the user provides them)."""
+    """Input files no stage writes: raw datasets and weights with no download address (the user provides them)."""
     made = stages_by_output(params)
     return {d for s in stages(params) for d in s.deps if not d.startswith("drl/") and d not in made}
 
@@ -179,7 +190,7 @@ def group_targets(params: dict, group: str | None = None) -> list[str]:
     return [t for s in stages(params) if s.group and group in (None, s.group) for t in s.targets]
 
 
-# Stages that read raw datasets or weights the user provides live in their own DVC pipeline file, so
+# Stages that download or read raw datasets or weights live in their own DVC pipeline file, so
 # that `dvc repro` (default target: ./dvc.yaml) runs everything that needs nothing from outside the
 # repository, and `dvc repro EXTERNAL_DVC_YAML` the rest once the raw data is in place.
 EXTERNAL_DVC_YAML = "pipelines/external-data/dvc.yaml"
@@ -192,7 +203,8 @@ def needs_external_input(params: dict) -> set[str]:
 
     def needs(stage: Stage) -> bool:
         if stage.name not in memo:
-            memo[stage.name] = any(d in external or (d in made and needs(made[d])) for d in stage.deps)
+            memo[stage.name] = stage.kind == "fetch" or any(d in external or (d in made and needs(made[d]))
+                                                            for d in stage.deps)
         return memo[stage.name]
 
     return {s.name for s in stages(params) if needs(s)}
@@ -209,7 +221,7 @@ def dvc_files(params: dict) -> dict[str, str]:
         if s.name in external:
             st = {"wdir": wdir, **st}
         if s.outs:
-            st["outs"] = s.outs
+            st["outs"] = [{o: {"cache": False, "persist": True}} for o in s.outs] if s.kind == "fetch" else s.outs
         if s.metrics:
             st["metrics"] = [{m: {"cache": False}} for m in s.metrics]
         if s.reports:

@@ -39,14 +39,17 @@ def run(cmd, cwd, check=True):
 
 
 def snakemake_jobs(cwd, target):
-    """(command, inputs, outputs) of every job of a forced dry run, parsed from its report."""
+    """(command, inputs, outputs) of every job of a forced dry run, parsed from its report.  The
+    `--workers {threads}` Snakemake adds to `drl prepare` is dropped: a CPU budget, not an input
+    (tests/test_parallel_prepare.py: the same bytes for any count)."""
     out = run(["snakemake", "-n", "-p", "--forceall", target], cwd).stdout
     jobs = []
     for block in out.split("\nrule ")[1:]:
         fields = dict(re.findall(r"^\s+(input|output): (.*)$", block, flags=re.M))
         cmd = re.search(r"^Shell command: (.*?) > logs/", block, flags=re.M)
         if cmd:
-            jobs.append((cmd.group(1), frozenset(fields.get("input", "").split(", ")) - {""},
+            command = re.sub(r"^(drl prepare .*) --workers \d+$", r"\1", cmd.group(1))
+            jobs.append((command, frozenset(fields.get("input", "").split(", ")) - {""},
                          frozenset(fields["output"].split(", "))))
     return sorted(jobs, key=lambda j: j[0])
 
@@ -105,15 +108,19 @@ def test_paper_table_dry_run_lists_every_configuration_and_the_raw_files(table):
     runs = {r["run"] for r in tcfg["rows"] if "run" in r}
     assert {w.split("run=")[1] for w in jobs["train"]} == runs
     assert {w.split("run=")[1] for w in jobs["evaluate"]} == runs
-    assert jobs["missing_input"] == {"raw=data/raw/cifar-10-python.tar.gz",
-                                     f"raw={params['extractors']['inception']['weights']}"}
+    # the raw files with an address are fetched (and verified), not asked for
+    assert jobs["fetch"] == {"fetched=data/raw/cifar-10-python.tar.gz",
+                             f"fetched={params['extractors']['inception']['weights']}"}
+    assert "missing_input" not in jobs
     assert jobs["prepare"] == {"dataset=cifar10"} and len(jobs["refstats"]) == 1
 
 
 def test_figure_dry_run_trains_each_pictured_model():
     jobs = _dry_run_jobs("results/paper/figures/fig1.png")
     assert {w.split("run=")[1] for w in jobs["train"]} == {"lsun_church128_t6", "lsun_bedroom128_t6", "celeba64_t6"}
-    assert {"raw=data/raw/celeba/list_eval_partition.txt", "raw=data/raw/lsun/bedroom_val_lmdb"} <= jobs["missing_input"]
+    # CelebA has no stable address: it stays a missing input; LSUN's LMDB zips are fetched and unpacked
+    assert jobs["missing_input"] == {"raw=data/raw/celeba/list_eval_partition.txt", "raw=data/raw/celeba/img_align_celeba"}
+    assert "fetched_dir=data/raw/lsun/bedroom_val_lmdb" in jobs["fetch_unpacked"]
 
 
 TINY = """
@@ -319,6 +326,46 @@ def test_dvc_repro_reruns_only_changed_stages_and_diffs_metrics(project):
     plots = json.loads(run("dvc plots show --json", project).stdout)["data"]
     assert {"results/demo/runs/digits_t10/hmc_steps.csv", "results/demo/runs/digits_t6/train_log.csv",
             "results/demo/figures/fig_hmc.png"} <= set(plots), sorted(plots)
+
+
+def _lock_outputs(root: Path) -> dict[str, bytes]:
+    """Every file DVC caches (models, samples, prepared data, logs), by path, with its bytes."""
+    out = {}
+    for stage in yaml.safe_load((root / "dvc.lock").read_text())["stages"].values():
+        for o in stage.get("outs", []):
+            p = root / o["path"]
+            for f in sorted(p.rglob("*")) if p.is_dir() else [p]:
+                if f.is_file():
+                    out[str(f.relative_to(root))] = f.read_bytes()
+    return out
+
+
+@pytest.mark.e2e
+def test_trained_artifacts_are_shared_through_a_dvc_remote(project, tmp_path):
+    """A team shares models through a DVC remote on a shared path: push after a run; a teammate's fresh
+    clone pulls every model, sample and metric byte for byte, and neither engine wants to rerun."""
+    run("dvc repro -q", project)
+    remote = tmp_path / "shared-remote"   # the team's path (e.g. /project/drl-dvc); the repository pins none
+    run(f"dvc remote add -d shared {remote} && git add -A && git commit -qm 'run, and the team remote'", project)
+    run("dvc push", project)
+    clone = tmp_path / "clone"
+    run(f"git clone -q {project} {clone}", tmp_path)
+    assert not (clone / "results/demo/runs/digits_t6/model.pt").exists()
+    # committed metrics are older than the models about to be pulled: Snakemake alone would rerun them
+    pulled = run("drl pull --group demo", clone).out
+    assert "both find them up to date" in pulled, pulled
+    before = _lock_outputs(project)
+    assert {"results/demo/runs/digits_t6/model.pt", "results/demo/runs/digits_t6/samples.npy",
+            "data/prepared/digits/train.npy"} <= set(before)
+    assert _lock_outputs(clone) == before
+    for f in DEMO_OUTPUTS:  # metrics, figures and tables come from git
+        assert (clone / f).read_bytes() == (project / f).read_bytes(), f
+    assert "up to date" in run("dvc status", clone).out.lower()
+    assert "Nothing to be done" in run(["snakemake", "-n", "demo"], clone).out
+    # a pull that does not match the checkout touches nothing and names what changed
+    _change_drl_evaluate_grid(clone)
+    refused = run("drl pull --group demo", clone, check=False)
+    assert refused.returncode == 2 and "evaluate_toy_checkerboard_drl" in refused.out, refused.out
 
 
 def test_runs_on_several_gpus_train_under_torchrun():

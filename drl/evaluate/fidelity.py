@@ -75,9 +75,10 @@ def identity(description: dict) -> dict:
 
 def missing_inception_message(path) -> str:
     return (f"Inception weights not found at '{path}'. FID/IS with kind 'inception' need torch-fidelity's "
-            f"converted TF Inception file {INCEPTION_WEIGHTS_FILE}: download {INCEPTION_WEIGHTS_URL} "
-            f"and put it at that path (default {INCEPTION_WEIGHTS_DEFAULT}), or point params.yaml "
-            f"'{WEIGHTS_PARAM}' at where it is. Nothing is downloaded at run time.")
+            f"converted TF Inception file {INCEPTION_WEIGHTS_FILE}: `drl fetch --name inception_weights` "
+            f"downloads and verifies it (both workflows run that job), or download {INCEPTION_WEIGHTS_URL} "
+            f"yourself and put it at that path (default {INCEPTION_WEIGHTS_DEFAULT}), or point params.yaml "
+            f"'{WEIGHTS_PARAM}' at where it is.")
 
 
 def check_sha256(path: Path, expected: str | None, key: str = "sha256", restore: str = "") -> None:

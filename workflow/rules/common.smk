@@ -11,6 +11,10 @@ validate(config, "params.yaml")
 STAGE_OF = stages_by_output(config)
 TABLE_OUTPUTS = [t["output"][: -len(".csv")] for t in config.get("tables", {}).values()]
 EXTERNAL_INPUTS = sorted(external_inputs(config))
+# downloads some stage reads: a file, or (unpack: zip) a folder, which Snakemake must know as such
+_FETCHED = [s.outs[0] for s in STAGE_OF.values() if s.kind == "fetch"]
+FETCHED_FILES = sorted(p for p in _FETCHED if not config["downloads"][STAGE_OF[p].name[len("fetch_"):]].get("unpack"))
+FETCHED_DIRS = sorted(set(_FETCHED) - set(FETCHED_FILES))
 
 
 def _alternatives(names):
@@ -26,11 +30,15 @@ wildcard_constraints:
     split="train|test",
     table=_alternatives(TABLE_OUTPUTS),
     raw=_alternatives(EXTERNAL_INPUTS),
+    fetched=_alternatives(FETCHED_FILES),
+    fetched_dir=_alternatives(FETCHED_DIRS),
 
 
 def _stage(path_key, wc):
     if path_key == "table":
         return STAGE_OF[f"{wc.table}.csv"]
+    if path_key in ("fetched", "fetched_dir"):
+        return STAGE_OF[getattr(wc, path_key)]
     return STAGE_OF[PATTERNS[path_key].format(**wc)]
 
 

@@ -1,3 +1,6 @@
+from drl.data.prepare import DECODED_SOURCES
+
+
 rule prepare:
     input:
         inputs_of("manifest"),
@@ -8,15 +11,49 @@ rule prepare:
         values=params_of("manifest"),
     log:
         "logs/prepare/{dataset}.log",
-    threads: 1
+    # Image sources are decoded in one process per thread (`--workers`); the arrays are the same for
+    # any count, so it is not part of the DVC command.  Snakemake lowers 8 to --cores when fewer are
+    # given; more with e.g. `--set-threads prepare=32`.
+    threads: lambda wc: 8 if config["datasets"][wc.dataset]["source"] in DECODED_SOURCES else 1
     resources:
         mem_mb=2000,
         runtime=30,
     shell:
+        "{params.cmd} --workers {threads} > {log} 2>&1"
+
+
+# Raw datasets and weights with a download address (params.yaml `downloads`): fetched from it and
+# verified against their pinned checksum; a file already in place with that checksum is used as is.
+rule fetch:
+    output:
+        "{fetched}",
+    params:
+        cmd=cmd_of("fetched"),
+        values=params_of("fetched"),
+    log:
+        "logs/fetch/{fetched}.log",
+    resources:
+        runtime=600,
+    shell:
         "{params.cmd} > {log} 2>&1"
 
 
-# Raw datasets and weights are never made by the workflow.  When one is missing this job stands in
+# The same for an archive (LSUN's LMDB zips), unpacked into the folder the dataset names.
+rule fetch_unpacked:
+    output:
+        directory("{fetched_dir}"),
+    params:
+        cmd=cmd_of("fetched_dir"),
+        values=params_of("fetched_dir"),
+    log:
+        "logs/fetch/{fetched_dir}.log",
+    resources:
+        runtime=1440,
+    shell:
+        "{params.cmd} > {log} 2>&1"
+
+
+# Raw datasets and weights without an address are never made by the workflow.  When one is missing this job stands in
 # for it: a dry run (`snakemake -n`) lists it, and a real run stops here, before any other work,
 # with the exact path expected, its format and where to obtain it.
 rule missing_input:
