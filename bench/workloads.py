@@ -29,7 +29,7 @@ import torch
 from bench import flops
 from bench.timing import median_time, summary
 from bench.variants import counting, for_counting
-from drl.cli import sample_shape  # one example's model-space shape, as the stages use it
+from drl.model import sample_shape  # one example's model-space shape, as the stages use it
 from drl.perf import configure
 from drl.train import MODEL_KEYS, build_model, train
 

@@ -20,13 +20,12 @@ from tqdm import tqdm
 
 from drl import distributed, perf
 from drl.data.pixels import is_image_array, to_model_space
-from drl.diffusion import Schedule, diffused_pair, make_schedule
+from drl.diffusion import Schedule, diffused_pair
 from drl.energy import ConditionalEBM
 from drl.io import atomic_path, load_checkpoint, torch_save
-from drl.nets import build_net
+from drl.model import MODEL_KEYS, build_model, load_model  # noqa: F401 (load_model: the trainer's own checkpoints)
 from drl.objectives import dsm_loss, recovery_likelihood_loss
 
-MODEL_KEYS = ("diffusion", "energy", "sampler")
 
 
 class DivergenceError(RuntimeError):
@@ -72,23 +71,6 @@ def _stop_requests():
     finally:
         for s, h in old.items():
             signal.signal(s, signal.SIG_DFL if h is None else h)  # None: a handler not set from Python
-
-
-def build_model(model_cfg: dict) -> ConditionalEBM:
-    """The EBM from a run's ``diffusion``, ``energy`` and ``sampler`` sections (stored in checkpoints)."""
-    sched = make_schedule(model_cfg["diffusion"])
-    energy, sampler = model_cfg["energy"], model_cfg["sampler"]
-    return ConditionalEBM(build_net(energy["net"]), sched, sampler["step_size"], sampler["b"],
-                          energy["parameterisation"], energy.get("base", "none"))
-
-
-def load_model(path, ema: bool = True) -> tuple[ConditionalEBM, dict]:
-    """Rebuild the EBM from a checkpoint alone (sampling needs no flags)."""
-    ckpt = load_checkpoint(path)
-    ebm = build_model(ckpt["model_cfg"])
-    ebm.load_state_dict(ckpt["ema" if ema else "model"])
-    ebm.eval()
-    return ebm, ckpt
 
 
 class EMA:

@@ -63,7 +63,7 @@ def test_quadrature_metrics_without_a_closed_form_density(project):
     import numpy as np
     import torch
 
-    from drl.cli import _quadrature_metrics
+    from drl.stages.evaluate import _quadrature_metrics
     from drl.config import load_params
     from drl.train import build_model
 

@@ -404,18 +404,18 @@ def test_partition_metrics_ais_hmc_setting(monkeypatch):
     paper's progressive estimator."""
     import json
 
-    import drl.cli as cli
+    import drl.stages.evaluate as stage
 
     ebm, levels = _random_2d("toy", "marginal")
-    monkeypatch.setattr(cli, "_prepared", lambda dataset, split: np.zeros((20, 2), np.float32))
+    monkeypatch.setattr(stage, "prepared", lambda dataset, split: np.zeros((20, 2), np.float32))
     cfg = {"dataset": "toy", "evaluate": {"partition": {"transitions": "ais_hmc", "n_samples": 2000, "hmc_steps": 2,
                                                         "batch_size": 1000, "seed": 0}}}
-    m = cli._partition_metrics(cfg, ebm, "cpu")
+    m = stage._partition_metrics(cfg, ebm, "cpu")
     json.dumps(m, allow_nan=False)
     assert m["log_z_ais_method"] == "ais_hmc" and abs(m["log_z_ais"] - levels[0].log_z) < 5 * m["log_z_ais_se"]
     assert len(m["log_z_ais_hmc_step_size"]) == 6 and m["log_z_ais_hmc_acceptance"][0] is None
     cfg["evaluate"]["partition"] = {"n_samples": 500, "K": 2, "seed": 0}
-    m = cli._partition_metrics(cfg, ebm, "cpu")
+    m = stage._partition_metrics(cfg, ebm, "cpu")
     assert m["log_z_ais_method"] == "progressive" and "log_z_ais_hmc_step_size" not in m
 
 

@@ -120,3 +120,14 @@ def hmc_figure(step_size: np.ndarray, adapt_acceptance: np.ndarray, runs: dict[i
     axes[2].legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def samples_figure(run: str, samples: np.ndarray):
+    """samples.png: a grid of the first 64 images, or a scatter plot of 2-D samples x_0."""
+    if samples.ndim == 4:
+        return sample_grid_figure([(run, samples)], 64)
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.scatter(samples[-1, :, 0], samples[-1, :, 1], s=2, alpha=0.5, linewidths=0)
+    ax.set_aspect("equal")
+    ax.set_title(f"{run}: samples x_0")
+    return fig
