@@ -139,9 +139,14 @@ class Objective(nn.Module):
 
 
 def _resume_key(cfg: dict) -> dict:
-    """What must match for a run to resume: all but the perf switches and the seed list (a run's own
-    train.seed is in its train section)."""
-    return {k: v for k, v in cfg.items() if k not in ("perf", "seeds", "seed_of")}
+    """What must match for a run to resume, flattened to params keys: all but the seed list (a run's
+    own train.seed is in its train section) and the perf switches that compute the same function;
+    ``perf.sn_power_iteration`` changes the function trained (drl/perf.py), so it must match too."""
+    key = {f"{k}.{s}" if isinstance(v, dict) else k: sv
+           for k, v in cfg.items() if k not in ("perf", "seeds", "seed_of")
+           for s, sv in (v.items() if isinstance(v, dict) else [(None, v)])}
+    key["perf.sn_power_iteration"] = (cfg.get("perf") or {}).get("sn_power_iteration", perf.Perf().sn_power_iteration)
+    return key
 
 
 def train(cfg: dict, data: np.ndarray, out_dir: str | Path, device: str = "cpu", progress: bool = True) -> Path:
@@ -170,8 +175,11 @@ def _train(cfg: dict, data: np.ndarray, out_dir: Path, device: str, progress: bo
     state_path, final_path = out_dir / "state.pt", out_dir / "model.pt"
     if state_path.exists():
         st = load_checkpoint(state_path, device)
-        if _resume_key(st["cfg"]) != _resume_key(cfg):   # perf switches may change between sessions
-            raise RuntimeError(f"{state_path} was written for a different configuration; delete it to start afresh")
+        old, new = _resume_key(st["cfg"]), _resume_key(cfg)   # other perf switches may change between sessions
+        if old != new:
+            changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+            raise RuntimeError(f"{state_path} was written for a different configuration ({', '.join(changed)} "
+                               "changed); delete it to start afresh")
         if len(st["generators"]) != w.size:
             raise RuntimeError(f"{state_path} was written by {len(st['generators'])} process(es); resume with "
                                f"as many (this is {w.size}) or delete it to start afresh")

@@ -145,13 +145,18 @@ def test_perf_runs_resume_bitwise(tmp_path, monkeypatch, net, perf_cfg):
     assert [r["loss"] for r in full["log"]] == [r["loss"] for r in resumed["log"]]
 
 
-def test_a_perf_only_change_may_resume(tmp_path, monkeypatch):
+def test_resume_refuses_a_changed_function_and_names_it(tmp_path, monkeypatch):
+    """A switch that computes the same function may change between sessions; the spectral-norm
+    schedule changes the function trained, so it may not (nor may any model or training setting)."""
     data = _data("mlp")
     train_until_first_checkpoint(_cfg("mlp", {"sn_power_iteration": "per_iteration"}), data, tmp_path, monkeypatch)
-    with pytest.raises(RuntimeError, match="different configuration"):
+    with pytest.raises(RuntimeError, match=r"\(train\.lr changed\)"):
         train(_cfg("mlp", {"sn_power_iteration": "per_iteration"}, lr=2e-3), data, tmp_path, progress=False)
-    ckpt = torch.load(train(_cfg("mlp"), data, tmp_path, progress=False), weights_only=True)
-    assert ckpt["iteration"] == 20 and "perf" not in ckpt["cfg"]
+    with pytest.raises(RuntimeError, match=r"\(perf\.sn_power_iteration changed\)"):
+        train(_cfg("mlp"), data, tmp_path, progress=False)
+    ckpt = torch.load(train(_cfg("mlp", {"sn_power_iteration": "per_iteration", "channels_last": True}), data,
+                            tmp_path, progress=False), weights_only=True)
+    assert ckpt["iteration"] == 20 and ckpt["cfg"]["perf"]["channels_last"]
 
 
 # -- channels_last --------------------------------------------------------------------------------
