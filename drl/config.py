@@ -3,6 +3,7 @@ data is touched."""
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 
 import jsonschema
@@ -30,9 +31,15 @@ EVALUATION_METRICS = {
 LONG_RUN_METRICS = ("fid", "fid_se", "is_mean", "is_mean_se", "is_std", "log_z_ais", "log_z_ais_se", "acceptance_mean")
 
 
-# Snakemake rule names: a group of the same name would clash with its target rule.
-RESERVED_GROUPS = {"all", "prepare", "train", "sample", "long_run", "refstats", "evaluate", "figure", "table",
-                   "missing_input", "fetch", "fetch_unpacked"}
+
+
+@functools.cache
+def reserved_groups() -> frozenset[str]:
+    """The workflow's rule names, read from its rule files: a group of the same name would clash with
+    the group's target rule."""
+    root = Path(__file__).resolve().parent.parent
+    files = [root / "Snakefile", *sorted((root / "workflow" / "rules").glob("*.smk"))]
+    return frozenset(name for f in files if f.is_file() for name in re.findall(r"^rule (\w+):", f.read_text(), re.M))
 
 
 def metrics_of(evaluate: dict) -> set[str]:
@@ -74,9 +81,9 @@ def _semantic_errors(params: dict) -> list[str]:
                           "(diffusion.sigma0 > 0 or schedule: released)")
     for where, item in [*(("runs", r) for r in runs.items()), *(("figures", f) for f in params.get("figures", {}).items()),
                         *(("tables", t) for t in params.get("tables", {}).items())]:
-        if item[1].get("group") in RESERVED_GROUPS:
+        if item[1].get("group") in reserved_groups():
             errors.append(f"{where}.{item[0]}.group: {item[1]['group']!r} is the name of a workflow rule; "
-                          f"choose another (reserved: {sorted(RESERVED_GROUPS)})")
+                          f"choose another (reserved: {sorted(reserved_groups())})")
     extractors = params.get("extractors", {})
     for name, ex in extractors.items():
         for need in {"inception": ("weights",), "classifier": ("weights", "dataset")}.get(ex.get("kind"), ()):

@@ -276,3 +276,28 @@ def test_run_config(params):
     assert "no_such_run" in msg
     for name in params["runs"]:
         assert name in msg
+
+
+def test_reserved_group_names_are_the_workflow_rules():
+    """Read from the rule files, so a new rule is reserved without a list to keep: every rule the real
+    `snakemake --list-rules` shows is reserved, except the target rules the groups themselves make."""
+    import os
+    import subprocess
+    import sys
+
+    from drl.config import reserved_groups
+    from drl.workflow import groups
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    listed = subprocess.run(["snakemake", "--list-rules"], cwd=root, env=env, capture_output=True, text=True, check=True)
+    rules = set(listed.stdout.split())
+    assert reserved_groups() == rules - set(groups(load_params(root / "params.yaml")))
+    assert {"long_run", "missing_input", "fetch"} <= reserved_groups()
+
+
+@pytest.mark.parametrize("group", ["long_run", "missing_input", "fetch_unpacked"])
+def test_a_group_named_like_any_rule_is_refused(params, group):
+    params["runs"][RINGS]["group"] = group
+    with pytest.raises(ParamsError, match=f"runs.{RINGS}.group: '{group}' is the name of a workflow rule"):
+        validate(params, "params.yaml")
