@@ -11,22 +11,22 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from drl.code_deps import function_code
 from drl.config import seed_runs, source_run
 from drl.paths import PATTERNS, PREPARED_FILES, table_markdown
 
-# Code each kind of stage runs (DVC reruns a stage when its code changes).
-CODE = {
-    "fetch": ["drl/data/fetch.py"],
-    "prepare": ["drl/data", "drl/io.py"],
-    "train": ["drl/train.py", "drl/diffusion.py", "drl/energy.py", "drl/mcmc.py", "drl/objectives.py", "drl/nets",
-              "drl/perf.py"],
-    "sample": ["drl/sample.py", "drl/mcmc.py", "drl/perf.py", "drl/report/figures.py"],
-    "long_run": ["drl/hmc.py", "drl/mcmc.py", "drl/perf.py", "drl/evaluate/long_run.py", "drl/evaluate/partition.py"],
-    "refstats": ["drl/evaluate"],
-    "evaluate": ["drl/evaluate"],
-    "figure": ["drl/report"],
-    "table": ["drl/report"],
-}
+# The function behind each kind of stage's `drl` command; its code dependencies (DVC reruns a stage
+# when they change, Snakemake when they are newer than its outputs) are derived from its imports.
+ENTRY = {"prepare": "drl.stages.data:prepare", "train": "drl.stages.train:train", "sample": "drl.stages.sample:sample",
+         "long_run": "drl.stages.sample:long_run", "refstats": "drl.stages.evaluate:refstats",
+         "evaluate": "drl.stages.evaluate:evaluate", "figure": "drl.stages.report:figure",
+         "table": "drl.stages.report:table"}
+
+
+def code(kind: str) -> list[str]:
+    return function_code(*ENTRY[kind].split(":"))
+
+
 MODEL_SECTIONS = ("group", "dataset", "diffusion", "energy", "sampler", "objective", "train")
 
 
@@ -79,12 +79,12 @@ def _data_stages(params: dict) -> list[Stage]:
     out = []
     for ds, dcfg in params["datasets"].items():
         prepared = PATTERNS["prepared"].format(dataset=ds)
-        out.append(Stage(f"prepare_{ds}", "prepare", f"drl prepare --dataset {ds}", CODE["prepare"] + raw_inputs(dcfg),
+        out.append(Stage(f"prepare_{ds}", "prepare", f"drl prepare --dataset {ds}", raw_inputs(dcfg) + code("prepare"),
                          [f"{prepared}/{f}" for f in PREPARED_FILES], [f"datasets.{ds}"]))
     for ds, split, ex in sorted(reference_statistics(params)):
         out.append(Stage(f"refstats_{ds}_{split}_{ex}", "refstats",
                          f"drl refstats --dataset {ds} --split {split} --extractor {ex}",
-                         [_prepared(ds, split)] + extractor_inputs(params, ex) + CODE["refstats"],
+                         [_prepared(ds, split)] + extractor_inputs(params, ex) + code("refstats"),
                          [PATTERNS["refstats"].format(dataset=ds, split=split, extractor=ex)], [f"extractors.{ex}"]))
     return out
 
@@ -111,18 +111,18 @@ def _run_stages(params: dict, run: str) -> list[Stage]:
         eval_deps += extractor_inputs(params, ex)
         eval_params.append(f"extractors.{ex}")
     out = [
-        Stage(f"train_{run}", "train", train_command(cfg, run), [_prepared(cfg["dataset"], "train")] + CODE["train"],
+        Stage(f"train_{run}", "train", train_command(cfg, run), [_prepared(cfg["dataset"], "train")] + code("train"),
               [f["model"], f["train_config"]], [f"runs.{src}.{s}" for s in MODEL_SECTIONS + perf], group,
               plots={f["train_log"]: {"x": "iteration", "y": "loss", "cache": True}}),  # (has wall times)
-        Stage(f"sample_{run}", "sample", f"drl sample --run {run}", [f["model"]] + CODE["sample"],
+        Stage(f"sample_{run}", "sample", f"drl sample --run {run}", [f["model"]] + code("sample"),
               [f["samples"], f["sample_grid"]], [f"runs.{src}.{s}" for s in ("sample", *perf)], group),
     ]
     if "long_run" in cfg:  # Section 4.2: adapted HMC step sizes, then chains of each length
-        out.append(Stage(f"long_run_{run}", "long_run", f"drl long-run --run {run}", [f["model"]] + CODE["long_run"],
+        out.append(Stage(f"long_run_{run}", "long_run", f"drl long-run --run {run}", [f["model"]] + code("long_run"),
                          [f["long_run"]], [f"runs.{src}.{s}" for s in ("long_run", *perf)], group,
                          plots={f["hmc_steps"]: {"x": "t", "y": "step_size", "cache": False}}))
         eval_deps.append(f["long_run"])
-    return out + [Stage(f"evaluate_{run}", "evaluate", f"drl evaluate --run {run}", eval_deps + CODE["evaluate"], [],
+    return out + [Stage(f"evaluate_{run}", "evaluate", f"drl evaluate --run {run}", eval_deps + code("evaluate"), [],
                         eval_params, group, metrics=[f["metrics"]], reports=[f["provenance"]])]
 
 
@@ -137,24 +137,23 @@ def _report_stages(params: dict) -> list[Stage]:
         if fcfg["kind"] == "comparison":
             deps.append(_prepared(params["runs"][fcfg["runs"][0]]["dataset"], "test"))
         read = {"interpolation": "sample", "hmc": "long_run", "long_run": "long_run"}.get(fcfg["kind"], "evaluate")
-        code = CODE["figure"] + {"interpolation": ["drl/interpolate.py", "drl/mcmc.py", "drl/perf.py"], "hmc": ["drl/evaluate/long_run.py"],
-                                 "long_run": ["drl/evaluate/long_run.py"]}.get(fcfg["kind"], [])
-        out.append(Stage(f"figure_{fig}", "figure", f"drl figure --figure {fig}", deps + code, [],
+        out.append(Stage(f"figure_{fig}", "figure", f"drl figure --figure {fig}", deps + code("figure"), [],
                          [f"figures.{fig}"] + [f"runs.{r}.{read}" for r in fcfg["runs"]], fcfg["group"],
                          reports=[PATTERNS["figure"].format(group=fcfg["group"], figure=fig)]))
     for name, tcfg in params.get("tables", {}).items():
         runs = list(dict.fromkeys(s for r in tcfg["rows"] if "run" in r for s in seed_runs(params, r["run"])))
         out.append(Stage(f"table_{name}", "table", f"drl table --table {name}",
-                         [_run_files(params, r)["metrics"] for r in runs] + CODE["table"], [], [f"tables.{name}"],
+                         [_run_files(params, r)["metrics"] for r in runs] + code("table"), [], [f"tables.{name}"],
                          tcfg["group"], reports=[tcfg["output"], str(table_markdown(tcfg["output"]))]))
     return out
 
 
 def _fetch_stages(params: dict, needed: set[str]) -> list[Stage]:
-    """`drl fetch` for each ``downloads`` entry whose path some stage reads.  Its output is kept out of
-    DVC's cache (the official server is its source, and many licences forbid redistribution) and
-    persists, so that a file already in place is verified rather than deleted and downloaded again."""
-    return [Stage(f"fetch_{name}", "fetch", f"drl fetch --name {name}", list(CODE["fetch"]), [d["path"]],
+    """`drl fetch` for each ``downloads`` entry whose path some stage reads.  It depends on the entry
+    (address, checksum) alone: a verified file is the same whatever code fetched it.  Its output is
+    kept out of DVC's cache (the official server is its source, and many licences forbid
+    redistribution) and persists, so that a file in place is verified, not deleted and fetched again."""
+    return [Stage(f"fetch_{name}", "fetch", f"drl fetch --name {name}", [], [d["path"]],
                   [f"downloads.{name}"]) for name, d in params.get("downloads", {}).items() if d["path"] in needed]
 
 
@@ -217,7 +216,7 @@ def dvc_files(params: dict) -> dict[str, str]:
     wdir = "/".join([".."] * EXTERNAL_DVC_YAML.count("/"))
     docs = {"dvc.yaml": {}, EXTERNAL_DVC_YAML: {}}
     for s in stages(params):
-        st = {"cmd": s.cmd, "deps": s.deps, "params": [{"params.yaml": s.params}] if s.name in external else s.params}
+        st = {"cmd": s.cmd, **({"deps": s.deps} if s.deps else {}), "params": [{"params.yaml": s.params}] if s.name in external else s.params}
         if s.name in external:
             st = {"wdir": wdir, **st}
         if s.outs:

@@ -85,7 +85,7 @@ def test_tables_report_mean_and_spread_over_seeds():
 @pytest.mark.e2e
 def test_snakemake_plans_one_training_per_seed(tmp_path):
     for name in ("drl", "workflow"):
-        shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__", "*.pt"))
+        shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "Snakefile", tmp_path / "Snakefile")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(_with_seeds([0, 3, 4])))
     out = run(["snakemake", "-n", "-p", "--forceall", "results/demo/table1.csv"], tmp_path).stdout

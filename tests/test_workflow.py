@@ -63,8 +63,7 @@ def dvc_jobs(root: Path):
         for st in yaml.safe_load((root / name).read_text())["stages"].values():
             outs = [o if isinstance(o, str) else next(iter(o))
                     for o in st.get("outs", []) + st.get("metrics", []) + st.get("plots", [])]
-            deps = [d for d in st["deps"] if not d.startswith("drl/")]
-            jobs.append((st["cmd"], frozenset(deps), frozenset(outs)))
+            jobs.append((st["cmd"], frozenset(st.get("deps", [])), frozenset(outs)))
     return sorted(jobs, key=lambda j: j[0])
 
 
@@ -78,6 +77,30 @@ def test_snakemake_and_dvc_describe_the_same_dag():
     dv = dvc_jobs(ROOT)
     assert len(sm) == len(dv) > 0
     assert sm == dv
+
+
+def test_code_dependencies_follow_each_stage_functions_imports():
+    """Imports inside functions count (the stages import lazily), a module's own helpers are followed,
+    and a stage does not depend on code only other stages import."""
+    from drl.code_deps import function_code
+    from drl.workflow import code
+
+    assert "drl/hmc.py" in code("evaluate") and "drl/hmc.py" in code("long_run")
+    assert "drl/hmc.py" not in code("train") and "drl/hmc.py" not in code("sample")
+    assert "drl/train.py" not in code("sample")  # sampling loads the model without the trainer
+    assert {"drl/evaluate/quadrature.py", "drl/evaluate/partition.py"} <= set(code("evaluate"))  # via helpers
+    assert "drl/interpolate.py" in code("figure") and "drl/cli.py" not in code("figure")
+    assert set(function_code("drl.stages.data", "prepare")) >= {"drl/data/images.py", "drl/data/lsun.py"}
+
+
+def test_every_command_dispatches_to_a_stage_function():
+    import importlib
+
+    from drl.cli import COMMANDS
+
+    for name, (target, _, _) in COMMANDS.items():
+        module, function = target.split(":")
+        assert module.startswith("drl.stages.") and callable(getattr(importlib.import_module(module), function)), name
 
 
 def test_stages_that_read_raw_data_have_their_own_dvc_file():
@@ -123,103 +146,15 @@ def test_figure_dry_run_trains_each_pictured_model():
     assert "fetched_dir=data/raw/lsun/bedroom_val_lmdb" in jobs["fetch_unpacked"]
 
 
-TINY = """
-_defaults:
-  tiny: &tiny
-    diffusion: {schedule: linear_sigma2, T: 3, sigma2_min: 0.02, sigma2_max: 0.3, top_level: conditional}
-    energy:
-      parameterisation: plain
-      net: {kind: mlp, dim: 2, width: 16, depth: 1, temb_dim: 8, activation: silu, spectral_norm: false}
-    sampler: {K: 5, step_size: paper, b: 0.5, noise_scale: 1.0}
-    objective: {name: recovery_likelihood, loss_weights: uniform}
-    train: {iterations: 60, batch_size: 64, lr: 0.002, beta1: 0.9, beta2: 0.999, eps: 1.0e-8, warmup: 10,
-            ema: 0.9, seed: 0, checkpoint_every: 20, log_every: 10, max_abs_energy: 1.0e+6}
-    sample: {n: 400, K: 5, noise_scale: 1.0, seed: 1}
-    evaluate: {quadrature: {extent: 4.0, grid: 64}}
-datasets:
-  checkerboard: {source: toy, toy: checkerboard, n_train: 2000, n_test: 500, seed: 0}
-  digits: {source: digits, test_fraction: 0.1, seed: 0}
-extractors:
-  digits_classifier: {kind: classifier, dataset: digits, weights: drl/evaluate/extractors/digits_classifier.pt,
-                      sha256: SHIPPED_SHA256}
-runs:
-  digits_t6:
-    group: demo
-    dataset: digits
-    diffusion: {schedule: released, T: 6, top_level: marginal}
-    energy:
-      parameterisation: net_over_s2
-      net: {kind: wrn, resolution: 8, in_channels: 1, ch: 8, ch_mult: [1, 2], n_blocks: 1, temb_dim: 16,
-            head: temb, spectral_norm: true}
-    sampler: {K: 3, step_size: released, b: 0.0141421356, noise_scale: 1.0}
-    objective: {name: recovery_likelihood, loss_weights: released}
-    train: {iterations: 6, batch_size: 16, lr: 0.001, beta1: 0.9, beta2: 0.999, eps: 1.0e-7, warmup: 2,
-            ema: 0.9, seed: 0, checkpoint_every: 3, log_every: 2, max_abs_energy: 1.0e+6, hflip: true}
-    sample: {n: 40, batch_size: 16, K: 3, noise_scale: 0.99, seed: 1}
-    evaluate:
-      fidelity: {extractor: digits_classifier, is_splits: 2}
-      partition: {n_samples: 32, K: 2, batch_size: 16, seed: 2}
-  digits_t10:
-    group: demo
-    dataset: digits
-    diffusion: {schedule: linear_sigma2, T: 10, sigma2_min: 0.001, sigma2_max: 0.05, top_level: conditional}
-    energy:
-      parameterisation: net_over_s2
-      base: gaussian
-      net: {kind: mlp, dim: 64, in_shape: [1, 8, 8], width: 16, depth: 1, temb_dim: 8, activation: silu,
-            spectral_norm: false, zero_head: true}
-    sampler: {K: 0, step_size: paper, b: 1.0, noise_scale: 1.0}
-    objective: {name: recovery_likelihood, loss_weights: released}
-    train: {iterations: 6, batch_size: 16, lr: 0.001, beta1: 0.9, beta2: 0.999, eps: 1.0e-7, warmup: 2,
-            ema: 0.9, seed: 0, checkpoint_every: 3, log_every: 2, max_abs_energy: 1.0e+6}
-    sample: {n: 20, K: 0, noise_scale: 1.0, seed: 1}
-    long_run: {n: 12, batch_size: 8, steps_per_level: [1, 3], seed: 3, adapt: {n_chains: 8, n_steps: 2}}
-    evaluate:
-      fidelity: {extractor: digits_classifier, is_splits: 2}
-  toy_checkerboard_drl:
-    <<: *tiny
-    group: demo
-    dataset: checkerboard
-    evaluate:
-      quadrature: {extent: 4.0, grid: 64}
-      partition: {transitions: ais_hmc, n_samples: 64, hmc_steps: 1, batch_size: 32, seed: 2}
-  toy_checkerboard_shortrun:
-    <<: *tiny
-    group: demo
-    dataset: checkerboard
-    diffusion: {schedule: linear_sigma2, T: 1, sigma2_min: 1.0, sigma2_max: 1.0, top_level: marginal}
-    sampler: {K: 15, step_size: paper, b: 0.1, noise_scale: 1.0}
-    sample: {n: 400, K: 15, noise_scale: 1.0, seed: 1}
-figures:
-  fig2_checkerboard: {kind: comparison, group: demo, runs: [toy_checkerboard_drl, toy_checkerboard_shortrun]}
-  fig3_checkerboard: {kind: progressive, group: demo, runs: [toy_checkerboard_drl]}
-  fig_digits: {kind: samples, group: demo, n: 16, runs: [digits_t6]}
-  fig_interp: {kind: interpolation, group: demo, rows: 2, points: 4, seed: 0, runs: [digits_t6]}
-  fig_hmc: {kind: hmc, group: demo, runs: [digits_t10]}
-  fig_long_run: {kind: long_run, group: demo, n: 9, runs: [digits_t10]}
-tables:
-  table_digits:
-    output: results/demo/table_digits.csv
-    group: demo
-    title: digits
-    columns: [fid, is_mean, test_bpd]
-    rows:
-      - {label: quoted, paper: {fid: 9.6, is_mean: 8.58, test_bpd: 3.18}}
-      - {label: digits T6, run: digits_t6}
-  table_long_run:
-    output: results/demo/table_long_run.csv
-    group: demo
-    title: long run
-    columns: [fid, is_mean]
-    rows:
-      - {label: "1 step per level", run: digits_t10, select: long_run.1}
-      - {label: "3 steps per level", run: digits_t10, select: long_run.3}
-"""
+TINY = (ROOT / ".test" / "params.yaml").read_text()
 
 
-# the shipped classifier, the one instrument of every digits FID/IS
+# the shipped classifier, the one instrument of every digits FID/IS, in both configurations
 TINY_SHA256 = load_params(ROOT / "params.yaml")["extractors"]["digits_classifier"]["sha256"]
-TINY = TINY.replace("SHIPPED_SHA256", TINY_SHA256)
+
+
+def test_the_tiny_configuration_measures_with_the_shipped_instrument():
+    assert yaml.safe_load(TINY)["extractors"]["digits_classifier"]["sha256"] == TINY_SHA256
 
 
 @pytest.fixture(scope="module")
@@ -328,6 +263,30 @@ def test_dvc_repro_reruns_only_changed_stages_and_diffs_metrics(project):
             "results/demo/figures/fig_hmc.png"} <= set(plots), sorted(plots)
 
 
+@pytest.mark.e2e
+def test_editing_a_module_reruns_exactly_the_stages_that_import_it(project):
+    """Code dependencies are derived from each stage's imports: AIS (drl/hmc.py) is run by evaluation
+    and the long-run chains, never by training or sampling, and both engines see that."""
+    run("dvc repro -q", project)
+    hmc = project / "drl/hmc.py"
+    original, stat = hmc.read_text(), hmc.stat()
+    stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
+    importers = {name for name, st in stages.items() if "drl/hmc.py" in st.get("deps", [])}
+    assert {"evaluate_digits_t6", "evaluate_toy_checkerboard_drl", "long_run_digits_t10"} <= importers
+    assert not any(n.startswith(("train_", "sample_", "prepare_", "table_")) for n in importers), importers
+    try:
+        hmc.write_text(original + "\n# an edit\n")
+        status = run("dvc status", project).out
+        assert set(re.findall(r"^(\S+):\s*$", status, flags=re.M)) == importers, status
+        dry = run(["snakemake", "-n", "demo"], project).out
+        planned = {m.group(1) for m in re.finditer(r"^(\w+)\s+\d+$", dry, flags=re.M)} - {"total", "demo"}
+        assert planned >= {"evaluate", "long_run"} and not planned & {"train", "sample", "prepare"}, dry
+    finally:
+        hmc.write_text(original)
+        os.utime(hmc, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert "up to date" in run("dvc status", project).out.lower()
+
+
 def _lock_outputs(root: Path) -> dict[str, bytes]:
     """Every file DVC caches (models, samples, prepared data, logs), by path, with its bytes."""
     out = {}
@@ -362,8 +321,13 @@ def test_trained_artifacts_are_shared_through_a_dvc_remote(project, tmp_path):
         assert (clone / f).read_bytes() == (project / f).read_bytes(), f
     assert "up to date" in run("dvc status", clone).out.lower()
     assert "Nothing to be done" in run(["snakemake", "-n", "demo"], clone).out
-    # a pull that does not match the checkout touches nothing and names what changed
-    _change_drl_evaluate_grid(clone)
+    # a pull that does not match the checkout touches nothing and names what changed (the grid is 64,
+    # or 96 when the DVC test above ran first)
+    text = (clone / "params.yaml").read_text()
+    changed = re.sub(r"quadrature: \{extent: 4.0, grid: \d+\}\n      partition:",
+                     "quadrature: {extent: 4.0, grid: 80}\n      partition:", text)
+    assert changed != text
+    (clone / "params.yaml").write_text(changed)
     refused = run("drl pull --group demo", clone, check=False)
     assert refused.returncode == 2 and "evaluate_toy_checkerboard_drl" in refused.out, refused.out
 

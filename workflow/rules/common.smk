@@ -1,11 +1,11 @@
 # Shared set-up: validate params.yaml (all problems at once, naming the key), and look every job's
-# inputs, command and params up in the stage list of drl/workflow.py (which also generates dvc.yaml).
+# inputs and params up in the stage list of drl/workflow.py (which also generates dvc.yaml).
 import json
 import re
 
 from drl.config import validate
 from drl.paths import PATTERNS, PREPARED_FILES, table_markdown
-from drl.workflow import external_inputs, group_targets, groups, stages_by_output
+from drl.workflow import external_inputs, group_targets, groups, stages_by_output, train_command
 
 validate(config, "params.yaml")
 STAGE_OF = stages_by_output(config)
@@ -43,13 +43,20 @@ def _stage(path_key, wc):
 
 
 def inputs_of(path_key):
-    """Input function: the file inputs of the stage that writes PATTERNS[path_key]
-    (code dependencies are DVC's business; Snakemake tracks code changes itself)."""
-    return lambda wc: [d for d in _stage(path_key, wc).deps if not d.startswith("drl/")]
+    """Input function: the inputs of the stage that writes PATTERNS[path_key], its code included (the
+    drl modules its command imports, drl/code_deps.py): Snakemake's own code trigger sees only the
+    rule's shell command, so an edited module reruns its stages through the modification-time trigger."""
+    return lambda wc: _stage(path_key, wc).deps
 
 
-def cmd_of(path_key):
-    return lambda wc: _stage(path_key, wc).cmd
+def name_of(path_key, kind):
+    """The params.yaml name in the stage that writes PATTERNS[path_key], e.g. a table's or a download's."""
+    return lambda wc: _stage(path_key, wc).name[len(kind) + 1 :]
+
+
+def launcher(wc):
+    """`drl`, or for `resources.gpu: N > 1` torchrun with N processes (drl/workflow.py train_command)."""
+    return train_command(config["runs"][wc.run], wc.run).removesuffix(f" train --run {wc.run}")
 
 
 def params_of(path_key):

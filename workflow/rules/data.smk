@@ -7,7 +7,6 @@ rule prepare:
     output:
         [f"{PATTERNS['prepared']}/{f}" for f in PREPARED_FILES],
     params:
-        cmd=cmd_of("manifest"),
         values=params_of("manifest"),
     log:
         "logs/prepare/{dataset}.log",
@@ -19,7 +18,7 @@ rule prepare:
         mem_mb=2000,
         runtime=30,
     shell:
-        "{params.cmd} --workers {threads} > {log} 2>&1"
+        "drl prepare --dataset {wildcards.dataset} --workers {threads} > {log} 2>&1"
 
 
 # Raw datasets and weights with a download address (params.yaml `downloads`): fetched from it and
@@ -28,14 +27,14 @@ rule fetch:
     output:
         "{fetched}",
     params:
-        cmd=cmd_of("fetched"),
+        name=name_of("fetched", "fetch"),
         values=params_of("fetched"),
     log:
         "logs/fetch/{fetched}.log",
     resources:
         runtime=600,
     shell:
-        "{params.cmd} > {log} 2>&1"
+        "drl fetch --name {params.name} > {log} 2>&1"
 
 
 # The same for an archive (LSUN's LMDB zips), unpacked into the folder the dataset names.
@@ -43,14 +42,14 @@ rule fetch_unpacked:
     output:
         directory("{fetched_dir}"),
     params:
-        cmd=cmd_of("fetched_dir"),
+        name=name_of("fetched_dir", "fetch"),
         values=params_of("fetched_dir"),
     log:
         "logs/fetch/{fetched_dir}.log",
     resources:
         runtime=1440,
     shell:
-        "{params.cmd} > {log} 2>&1"
+        "drl fetch --name {params.name} > {log} 2>&1"
 
 
 # Raw datasets and weights without an address are never made by the workflow.  When one is missing this job stands in
@@ -59,5 +58,7 @@ rule fetch_unpacked:
 rule missing_input:
     output:
         "{raw}",
-    shell:
-        "drl missing-input --path {output:q}"
+    log:
+        "logs/missing_input/{raw}.log",
+    shell:  # on the terminal as well as in the log: this message is the point of the job
+        "drl missing-input --path {output:q} 2>&1 | tee {log}"

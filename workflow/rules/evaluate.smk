@@ -4,7 +4,6 @@ rule refstats:
     output:
         PATTERNS["refstats"],
     params:
-        cmd=cmd_of("refstats"),
         values=params_of("refstats"),
     log:
         "logs/refstats/{dataset}/{split}_{extractor}.log",
@@ -13,7 +12,7 @@ rule refstats:
         mem_mb=8000,
         runtime=120,
     shell:
-        "{params.cmd} > {log} 2>&1"
+        "drl refstats --dataset {wildcards.dataset} --split {wildcards.split} --extractor {wildcards.extractor} > {log} 2>&1"
 
 
 # Section 4.2: HMC step sizes adapted per time step, then long-run chains of each length.
@@ -22,9 +21,8 @@ rule long_run:
         inputs_of("long_run"),
     output:
         PATTERNS["long_run"],
-        report(PATTERNS["hmc_steps"], category="Long-run HMC"),
+        report(PATTERNS["hmc_steps"], category="Long-run HMC", caption="../report/hmc.rst"),
     params:
-        cmd=cmd_of("long_run"),
         values=params_of("long_run"),
     log:
         "logs/long_run/{group}/{run}.log",
@@ -35,17 +33,16 @@ rule long_run:
         mem_mb=run_resource("mem_mb", 4000),
         runtime=run_resource("runtime", 60),
     shell:
-        "{params.cmd} > {log} 2>&1"
+        "drl long-run --run {wildcards.run} > {log} 2>&1"
 
 
 rule evaluate:
     input:
         inputs_of("metrics"),
     output:
-        report(PATTERNS["metrics"], category="Metrics"),
+        report(PATTERNS["metrics"], category="Metrics", caption="../report/metrics.rst"),
         PATTERNS["provenance"],
     params:
-        cmd=cmd_of("metrics"),
         values=params_of("metrics"),
     log:
         "logs/evaluate/{group}/{run}.log",
@@ -55,4 +52,4 @@ rule evaluate:
         mem_mb=run_resource("mem_mb", 4000),
         runtime=run_resource("runtime", 60),
     shell:
-        "{params.cmd} > {log} 2>&1"
+        "drl evaluate --run {wildcards.run} > {log} 2>&1"

@@ -2,9 +2,8 @@ rule figure:
     input:
         inputs_of("figure"),
     output:
-        report(PATTERNS["figure"], category="Figures"),
+        report(PATTERNS["figure"], category="Figures", caption="../report/figures.rst"),
     params:
-        cmd=cmd_of("figure"),
         values=params_of("figure"),
     log:
         "logs/figure/{group}/{figure}.log",
@@ -13,17 +12,17 @@ rule figure:
         mem_mb=4000,
         runtime=30,
     shell:
-        "{params.cmd} > {log} 2>&1"
+        "drl figure --figure {wildcards.figure} > {log} 2>&1"
 
 
 rule table:
     input:
         inputs_of("table"),
     output:
-        csv=report("{table}.csv", category="Tables"),
+        csv=report("{table}.csv", category="Tables", caption="../report/tables.rst"),
         md="{table}.md",
     params:
-        cmd=cmd_of("table"),
+        name=name_of("table", "table"),
         values=params_of("table"),
     log:
         "logs/table/{table}.log",
@@ -32,4 +31,4 @@ rule table:
         mem_mb=1000,
         runtime=10,
     shell:
-        "{params.cmd} > {log} 2>&1"
+        "drl table --table {params.name} > {log} 2>&1"

@@ -6,7 +6,7 @@ rule train:
         log_csv=PATTERNS["train_log"],
         config=PATTERNS["train_config"],
     params:
-        cmd=cmd_of("model"),
+        launch=launcher,
         values=params_of("model"),
     log:
         "logs/train/{group}/{run}.log",
@@ -18,7 +18,7 @@ rule train:
         mem_mb=run_resource("mem_mb", 4000),
         runtime=run_resource("runtime", 24 * 60),
     shell:
-        "{params.cmd} > {log} 2>&1"
+        "{params.launch} train --run {wildcards.run} > {log} 2>&1"
 
 
 rule sample:
@@ -26,9 +26,8 @@ rule sample:
         inputs_of("samples"),
     output:
         samples=PATTERNS["samples"],
-        grid=report(PATTERNS["sample_grid"], category="Samples"),
+        grid=report(PATTERNS["sample_grid"], category="Samples", caption="../report/samples.rst"),
     params:
-        cmd=cmd_of("samples"),
         values=params_of("samples"),
     log:
         "logs/sample/{group}/{run}.log",
@@ -38,4 +37,4 @@ rule sample:
         mem_mb=run_resource("mem_mb", 4000),
         runtime=run_resource("runtime", 60),
     shell:
-        "{params.cmd} > {log} 2>&1"
+        "drl sample --run {wildcards.run} > {log} 2>&1"
