@@ -1,0 +1,1 @@
+"""Datasets: raw formats, preprocessing (Appendix B), parallel decoding, downloads; `prepare`."""

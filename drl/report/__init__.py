@@ -1,0 +1,1 @@
+"""Figures, tables and the comparison of metrics against their spread."""
