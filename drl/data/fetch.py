@@ -12,7 +12,6 @@ engines share, so Snakemake would not see it; it records whatever hash it downlo
 checking a published one; and it caches the file, doubling the disk a 43 GB LSUN archive takes."""
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -20,6 +19,7 @@ import zipfile
 from pathlib import Path
 
 from drl.data.points import DataError
+from drl.data.raw import file_hash
 
 CHECKSUM = re.compile(r"^(md5|sha256):([0-9a-f]+)$")
 FULL_LENGTH = {"md5": 32, "sha256": 64}
@@ -28,14 +28,6 @@ RETRIES = 3
 
 class FetchError(DataError):
     """A download failed, or a file does not have its pinned checksum."""
-
-
-def checksum_of(path: str | Path, kind: str) -> str:
-    h = hashlib.new(kind)
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _parse(checksum: str | None) -> tuple[str, str] | None:
@@ -48,7 +40,7 @@ def _parse(checksum: str | None) -> tuple[str, str] | None:
 
 
 def _matches(path: Path, checksum: tuple[str, str]) -> tuple[bool, str]:
-    actual = checksum_of(path, checksum[0])
+    actual = file_hash(path, checksum[0])
     return actual.startswith(checksum[1]), f"{checksum[0]}:{actual}"
 
 
@@ -63,7 +55,7 @@ def fetch(name: str, cfg: dict, retries: int = RETRIES, timeout: float = 60) -> 
         try:
             archive = _download(url, tmp, checksum, retries, timeout)
             how = (f"{checksum[0]} verified" if checksum else f"no checksum pinned; to pin it, set {key}.checksum: "
-                   f"sha256:{checksum_of(archive, 'sha256')}")
+                   f"sha256:{file_hash(archive, 'sha256')}")
             _install(archive, target, cfg.get("unpack"))
             return f"fetched {target} from {url}, {how}"
         except FetchError as exc:

@@ -19,7 +19,12 @@ def require(path: str | Path, what: str, obtain: str) -> Path:
 
 
 def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
+    return file_hash(path, "sha256")
+
+
+def file_hash(path: str | Path, kind: str) -> str:
+    """The hex digest of a file, read in chunks; ``kind``: a hashlib name (md5, sha256)."""
+    h = hashlib.new(kind)
     with open(path, "rb") as fh:
         while block := fh.read(CHUNK):
             h.update(block)

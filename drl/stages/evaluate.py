@@ -15,7 +15,8 @@ from drl.stages.common import device, long_run_chains, prepared, require, sample
 
 def evaluate(params: dict, args) -> None:
     cfg = run_config(params, args.run)
-    ebm, ckpt = trained_model(cfg, args.run, device(args.device))
+    dev = device(args.device)
+    ebm, ckpt = trained_model(cfg, args.run, dev)
     metrics = {"iterations": ckpt["iteration"]}
     if ckpt.get("diverged"):  # the divergence instead of numbers (tables show "diverged")
         nothing = dict.fromkeys(metrics_of(cfg["evaluate"]))
@@ -23,19 +24,19 @@ def evaluate(params: dict, args) -> None:
                                  for k in cfg["long_run"]["steps_per_level"]}} if "long_run" in cfg else {}
         write_json(paths.metrics_file(cfg["group"], args.run),
                    {"run": args.run, **metrics, **nothing, **long_run, "diverged": ckpt["diverged"]})
-        _write_provenance(cfg, args.run, device(args.device), {})
+        _write_provenance(cfg, args.run, dev, {})
         print(f"{args.run}: diverged at iteration {ckpt['diverged']['iteration']}; metrics record the divergence")
         return
     if "quadrature" in cfg["evaluate"]:
         metrics.update(_quadrature_metrics(params, cfg, ebm))
     if "fidelity" in cfg["evaluate"]:
-        metrics.update(_fidelity_metrics(params, cfg, samples(cfg, args.run), device(args.device)))
+        metrics.update(_fidelity_metrics(params, cfg, samples(cfg, args.run), dev))
     if "long_run" in cfg:
-        metrics.update(_long_run_metrics(params, cfg, args.run, device(args.device)))
+        metrics.update(_long_run_metrics(params, cfg, args.run, dev))
     if "partition" in cfg["evaluate"]:
-        metrics.update(_partition_metrics(cfg, ebm, device(args.device)))
+        metrics.update(_partition_metrics(cfg, ebm, dev))
     write_json(paths.metrics_file(cfg["group"], args.run), {"run": args.run, **metrics})
-    _write_provenance(cfg, args.run, device(args.device), metrics)
+    _write_provenance(cfg, args.run, dev, metrics)
     print(f"{args.run}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float))))
 
 
