@@ -76,6 +76,11 @@ def _semantic_errors(params: dict) -> list[str]:
                           "which needs diffusion.top_level: conditional")
         if "long_run" in run and "fidelity" not in run.get("evaluate", {}):
             errors.append(f"{where}.long_run: needs evaluate.fidelity (its extractor scores every chain length)")
+        e, net = run.get("energy", {}), run.get("energy", {}).get("net", {})
+        if (run.get("perf") or {}).get("compile") and net.get("spectral_norm", net.get("kind") == "wrn") \
+                and e.get("sn_power_iteration", "per_call") != "per_iteration":
+            errors.append(f"{where}.perf.compile: the compiled chain score takes the spectral-norm weights fixed "
+                          "through a chain; set energy.sn_power_iteration: per_iteration (or compile: false)")
         if s.get("step_size") == "released" and d.get("schedule") != "released" and not d.get("sigma0", 0) > 0:
             errors.append(f"{where}.sampler.step_size: 'released' needs a lightly noised level 0 "
                           "(diffusion.sigma0 > 0 or schedule: released)")
@@ -172,6 +177,10 @@ def validate(params: dict, source: str = "params.yaml") -> dict:
     else:
         as_written = params
     errors = [f"{_key(e.absolute_path)}: {e.message}" for e in _validator().iter_errors(as_written)]
+    errors += [f"runs.{name}.perf.sn_power_iteration: now runs.{name}.energy.sn_power_iteration (it changes the "
+               "function trained, so it is part of the model's definition); move it there"
+               for name, run in (as_written.get("runs") or {}).items()
+               if isinstance(run, dict) and "sn_power_iteration" in (run.get("perf") or {})]
     if not errors:
         errors = _semantic_errors(as_written) + _seed_errors(params)
     if errors:

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from drl.diffusion import Schedule
-from drl.perf import Perf
+from drl.power_iteration import check_mode
 
 
 # Step size delta_t of eq. 17 for every EBM level t = 0..T-1.
@@ -59,13 +59,14 @@ class ConditionalEBM(nn.Module):
     """f_theta(y, t) for t = 0..T-1 plus the per-level constants the samplers need."""
 
     def __init__(self, net: nn.Module, sched: Schedule, step_rule: str = "paper", b: float = 0.1,
-                 parameterisation: str = "plain", base: str = "none"):
+                 parameterisation: str = "plain", base: str = "none", sn_power_iteration: str = "per_call"):
         super().__init__()
         if parameterisation not in ("plain", "net_over_s2"):
             raise ValueError(f"unknown energy.parameterisation {parameterisation!r}; use 'plain' or 'net_over_s2'")
         if base not in ("none", "gaussian"):
             raise ValueError(f"unknown energy.base {base!r}; use 'none' or 'gaussian'")
         self.base = base
+        self.sn_power_iteration = check_mode(sn_power_iteration)   # drl/power_iteration.py
         self.net = net
         self.sched = sched
         self.parameterisation = parameterisation
@@ -78,13 +79,10 @@ class ConditionalEBM(nn.Module):
             "tether_inv_var": sched.tether_inv_var,
             "sigma_next": sched.sigma[1:],
         }
-        # The same constants as tensors, all made on first use per (dtype, device): a call then costs a
-        # gather on the device, not a host-to-device copy (which a CUDA graph could not capture).
-        self._level_tensors: dict = {}
-        # "bf16": the backbone runs under bf16 autocast (train.precision); everything else stays fp32.
-        self.precision = "fp32"
-        # The run's perf switches (drl/perf.py; plain by default).
-        self.perf = Perf()
+        # The same constants as float64 buffers (not saved: they follow from the config), which move
+        # with the model: a call then gathers on the device, with no host-to-device copy.
+        for k, v in self.levels.items():
+            self.register_buffer(f"level_{k}", torch.as_tensor(v, dtype=torch.float64), persistent=False)
 
     @property
     def T(self) -> int:
@@ -92,21 +90,12 @@ class ConditionalEBM(nn.Module):
 
     def per_level(self, name: str, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """A per-level constant (a key of ``self.levels``) gathered at t, broadcastable to ``like``."""
-        key = (like.dtype, like.device)
-        if key not in self._level_tensors:
-            self._level_tensors[key] = {k: torch.as_tensor(v, dtype=like.dtype, device=like.device)
-                                        for k, v in self.levels.items()}
-        return self._level_tensors[key][name][t].view(-1, *([1] * (like.dim() - 1)))
-
-    def _autocast(self, like: torch.Tensor):
-        # no cast cache (each weight is cast once per call anyway): CUDA graph capture requires it off
-        return torch.autocast(like.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16",
-                              cache_enabled=False)
+        return getattr(self, f"level_{name}")[t].to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
 
     def forward(self, y: torch.Tensor, t: torch.Tensor, ctx=None) -> torch.Tensor:
-        """f_theta(y, t), one value per example (``ctx``: the net's cached ``time_context(t)``), in y's dtype."""
-        with self._autocast(y):
-            net = self.net(y, t) if ctx is None else self.net(y, t, ctx)
+        """f_theta(y, t), one value per example (``ctx``: the net's cached ``time_context(t)``), in y's
+        dtype (under bf16 autocast, drl/perf.py, only the backbone computes in bf16)."""
+        net = self.net(y, t) if ctx is None else self.net(y, t, ctx)
         f = net.to(y.dtype) / self.per_level("f_scale", t, y).view(-1)
         if self.base == "gaussian":
             f = f - 0.5 * (y / self.per_level("y_scale", t, y)).flatten(1).pow(2).sum(1)
@@ -115,10 +104,7 @@ class ConditionalEBM(nn.Module):
     @torch.no_grad()
     def time_context(self, t: torch.Tensor):
         """The backbone's t-only computations, for samplers that hold t fixed (None if it has none)."""
-        if not hasattr(self.net, "time_context"):
-            return None
-        with self._autocast(t):
-            return self.net.time_context(t)
+        return self.net.time_context(t) if hasattr(self.net, "time_context") else None
 
     # The one place the score is computed: grad_y f_theta(y, t) by autograd.
     def score(self, y: torch.Tensor, t: torch.Tensor, create_graph: bool = False, ctx=None):
@@ -127,3 +113,21 @@ class ConditionalEBM(nn.Module):
             f = self(y, t, ctx)
             (grad,) = torch.autograd.grad(f.sum(), y, create_graph=create_graph)
         return f, grad
+
+
+# Eq. 16, the conditional the samplers draw y_t from given x_{t+1}:
+#   log p(y | x_{t+1}) = f(y, t) - |x_{t+1} - y|^2 / (2 sigma_{t+1}^2) + const,
+# the tether absent at a marginal top level (tether_inv_var 0).  ``score(y, t, ctx)`` gives f and
+# grad_y f (a chain's, drl.perf.chain_score).  Langevin (eq. 17) follows the gradient, HMC also
+# needs the value; the value is summed in float64, the gradient stays in y's dtype.
+def recovery_log_density(ebm: ConditionalEBM, x_next: torch.Tensor, t: torch.Tensor, score, ctx=None):
+    """y -> (log p(y | x_{t+1}) up to a constant, float64 [n]; its gradient in y)."""
+    inv_var = ebm.per_level("tether_inv_var", t, x_next)
+
+    def log_density(y: torch.Tensor):
+        f, grad = score(y, t, ctx)
+        diff = x_next - y
+        tether = 0.5 * (inv_var.double() * diff.double() ** 2).flatten(1).sum(1)
+        return f.detach().double() - tether, diff * inv_var + grad
+
+    return log_density

@@ -29,33 +29,19 @@ from typing import Callable, Iterator
 import torch
 from tqdm import tqdm
 
-from drl import perf
-from drl.energy import ConditionalEBM
+from drl.energy import ConditionalEBM, recovery_log_density
 from drl.mcmc import normal_approximation
+from drl.noise import from_generator
+from drl.perf import chain_score
 
 # y -> (log p(y) up to a constant, float64 [n]; grad_y log p(y), y's dtype and shape)
 Target = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
-def _require_fp32(ebm: ConditionalEBM) -> None:
-    if getattr(ebm, "precision", "fp32") != "fp32":
+def require_fp32(device: torch.device) -> None:
+    if torch.is_autocast_enabled(device.type):
         raise ValueError("HMC's Metropolis test differences energies of size ~D, beyond bf16's "
-                         "three digits: set ebm.precision = 'fp32' for sampling")
-
-
-# Eq. 16 as an HMC target: f(y, t) plus the quadratic tether to x_{t+1} (absent at a marginal top
-# level, whose tether_inv_var is 0).  f and its gradient come from the chain's ``score``
-# (``perf.chain_score``), with the backbone's time context ``ctx``.
-def recovery_target(ebm: ConditionalEBM, x_next: torch.Tensor, t: torch.Tensor, ctx, score: Callable) -> Target:
-    inv_var = ebm.per_level("tether_inv_var", t, x_next)
-
-    def target(y: torch.Tensor):
-        f, grad = score(y, t, ctx)
-        diff = x_next - y
-        tether = 0.5 * (inv_var.double() * diff.double() ** 2).flatten(1).sum(1)
-        return f.detach().double() - tether, grad + inv_var * diff
-
-    return target
+                         "three digits: sample in fp32, outside bf16 autocast (train.precision is for training)")
 
 
 def _kinetic(p: torch.Tensor) -> torch.Tensor:
@@ -108,17 +94,17 @@ def hmc(ebm: ConditionalEBM, y: torch.Tensor, x_next: torch.Tensor, t: torch.Ten
         raise ValueError(f"n_steps must be >= 1, got {n_steps}")
     if not 0.0 <= jitter < 1.0:
         raise ValueError(f"jitter must lie in [0, 1), got {jitter}")
-    _require_fp32(ebm)
-    return _transitions(ebm, lambda ctx, score: recovery_target(ebm, x_next, t, ctx, score), t, y.detach(),
+    require_fp32(y.device)
+    return hmc_transitions(ebm, lambda ctx, score: recovery_log_density(ebm, x_next, t, score, ctx), t, y.detach(),
                         step_size, n_steps, n_leapfrog, generator, jitter)
 
 
-def _transitions(ebm: ConditionalEBM, make_target: Callable[[object, Callable], Target], t: torch.Tensor,
+def hmc_transitions(ebm: ConditionalEBM, make_target: Callable[[object, Callable], Target], t: torch.Tensor,
                  y: torch.Tensor, step_size, n_steps: int, n_leapfrog: int, generator, jitter: float):
     """``n_steps`` HMC transitions from y on ``make_target(ebm.time_context(t), score)``, the network's
-    weights computed once for the chain and ``score`` the chain's (``perf.chain_score``: compiled under
-    ``perf.compile``); returns (y, acceptance float64 [n_steps, n])."""
-    with perf.chain_score(ebm) as score:
+    weights computed once for the chain and ``score`` the chain's (``drl.perf.chain_score``); returns
+    (y, acceptance float64 [n_steps, n])."""
+    with chain_score(ebm) as score:
         target = make_target(ebm.time_context(t), score)
         state = (y, *target(y))
         probs = []
@@ -128,7 +114,7 @@ def _transitions(ebm: ConditionalEBM, make_target: Callable[[object, Callable], 
     return state[0], torch.stack(probs)
 
 
-def _levels(ebm: ConditionalEBM, desc: str, progress: bool):
+def hmc_levels(ebm: ConditionalEBM, desc: str, progress: bool):
     return tqdm(reversed(range(ebm.T)), total=ebm.T, desc=desc, disable=not progress, mininterval=2.0)
 
 
@@ -158,11 +144,11 @@ def adapt_step_sizes(ebm: ConditionalEBM, n_chains: int, shape: tuple, n_steps: 
            "acceptance": torch.zeros(ebm.T, dtype=torch.float64),
            "rounds": torch.zeros(ebm.T, dtype=torch.long)}
     x = torch.randn((n_chains, *shape), generator=generator, device=device)
-    for t in _levels(ebm, "adapt HMC", progress):
+    for t in hmc_levels(ebm, "adapt HMC", progress):
         if t < ebm.T - 1:
             eps *= float(sigma[t] / sigma[t + 1])
         tt = torch.full((n_chains,), t, dtype=torch.long, device=device)
-        chains = {"y": normal_approximation(ebm, x, tt, generator=generator)}
+        chains = {"y": normal_approximation(ebm, x, tt, randn_like=from_generator(generator))}
 
         def one_round(eps, chains=chains, tt=tt, x=x):
             chains["y"], probs = hmc(ebm, chains["y"], x, tt, eps, n_steps, n_leapfrog, generator, jitter)
@@ -220,9 +206,9 @@ def long_run_levels(ebm: ConditionalEBM, n: int, shape: tuple, steps_per_level: 
         raise ValueError(f"x_T has shape {tuple(x_T.shape)}, expected {(n, *shape)}")
     x = x_T
     yield x, math.nan
-    for t in _levels(ebm, f"long-run HMC ({steps_per_level}/level)", progress):
+    for t in hmc_levels(ebm, f"long-run HMC ({steps_per_level}/level)", progress):
         tt = torch.full((n,), t, dtype=torch.long, device=x.device)
-        y = normal_approximation(ebm, x, tt, generator=generator)
+        y = normal_approximation(ebm, x, tt, randn_like=from_generator(generator))
         rate = math.nan
         if steps_per_level > 1:
             y, probs = hmc(ebm, y, x, tt, float(step_sizes[t]), steps_per_level - 1, n_leapfrog,
@@ -244,94 +230,3 @@ def long_run_sample(ebm: ConditionalEBM, n: int, shape: tuple, steps_per_level: 
         if i:
             acceptance[ebm.T - i] = rate
     return x, {"step_size": torch.as_tensor(step_sizes, dtype=torch.float64), "acceptance": acceptance}
-
-
-# ---------------------------------------------------------------- annealed importance sampling
-# The level-t *marginal* of eq. 32 as an HMC target: log p(y) = f(y, t) + const, y = y_scale[t] x_t,
-# no tether to x_{t+1}.  HMC with a Metropolis test on it leaves the x-space marginal
-# g_t(x) ∝ exp f(y_scale[t] x, t) invariant, the transitions of annealed importance sampling
-# (Neal 2001, "Annealed importance sampling", Statistics and Computing 11; here replacing the
-# progressive samples of App. A.4, see drl/evaluate/partition.py).
-def marginal_target(t: torch.Tensor, ctx, score: Callable) -> Target:
-    def target(y: torch.Tensor):
-        f, grad = score(y, t, ctx)
-        return f.detach().double(), grad
-
-    return target
-
-
-def _marginal_transitions(ebm: ConditionalEBM, x: torch.Tensor, t: int, step_size: float, n_steps: int,
-                          n_leapfrog: int, generator, jitter: float):
-    """``n_steps`` HMC transitions on the level-t marginal from x (x-space in and out); returns
-    (x, acceptance probabilities float64 [n_steps, n])."""
-    tt = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
-    s = float(ebm.levels["y_scale"][t])
-    y, probs = _transitions(ebm, lambda ctx, score: marginal_target(tt, ctx, score), tt, (s * x).detach(),
-                            step_size, n_steps, n_leapfrog, generator, jitter)
-    return y / s, probs
-
-
-def _check_ais_args(ebm: ConditionalEBM, n_steps: int, jitter: float, step_sizes=None) -> None:
-    if n_steps < 1:
-        raise ValueError(f"n_steps must be >= 1, got {n_steps}")
-    if not 0.0 <= jitter < 1.0:
-        raise ValueError(f"jitter must lie in [0, 1), got {jitter}")
-    if step_sizes is not None and len(step_sizes) != ebm.T:
-        raise ValueError(f"need one HMC step size per level (T = {ebm.T}), got {len(step_sizes)}")
-    _require_fp32(ebm)
-
-
-# Neal (2001) annealed importance sampling along the levels, from g_T = N(0, I) down to g_0 (the
-# chains of drl.evaluate.partition.estimate_log_z_ais): x_T ~ N(0, I); for t = T-1..0, x_t = x_{t+1}
-# after ``n_steps`` HMC transitions of size step_sizes[t] (y-space units, y = y_scale[t] x) on the
-# level-t marginal (``marginal_target``).  The AIS weight of level t, g_t(x_{t+1}) / g_{t+1}(x_{t+1}),
-# is evaluated on x_{t+1} *before* the level-t transitions: ``level_log_weights`` does exactly that
-# with the yielded x_{t+1}, since this generator runs level t only when asked for the next value.
-def ais_levels(ebm: ConditionalEBM, n: int, shape: tuple, n_steps: int, step_sizes, n_leapfrog: int = 2,
-               jitter: float = 0.0, generator=None, device="cpu",
-               progress: bool = False) -> Iterator[tuple[torch.Tensor, float]]:
-    """Yield (x_T, nan), then (x_t, mean HMC acceptance at level t) for t = T-1..0, lazily.  The
-    step sizes must be fixed in advance (e.g. by ``adapt_marginal_step_sizes`` on separate chains):
-    then every transition leaves its level invariant and the AIS weights are unbiased."""
-    _check_ais_args(ebm, n_steps, jitter, step_sizes)
-    x = torch.randn((n, *shape), generator=generator, device=device)
-    yield x, math.nan
-    for t in _levels(ebm, f"AIS-HMC ({n_steps}/level)", progress):
-        x, probs = _marginal_transitions(ebm, x, t, float(step_sizes[t]), n_steps, n_leapfrog, generator, jitter)
-        yield x, float(probs.mean())
-
-
-# Step sizes for ``ais_levels`` from a pilot run of its own chains (Neal 2001 AIS; band as in
-# Section 4.2 / ``adapt_step_sizes``): the pilot anneals ``n_chains`` chains from N(0, I) level by
-# level; at level t it runs rounds of ``n_steps`` marginal HMC transitions, multiplying eps_t by
-# ``factor`` after a round whose mean acceptance lies above the band and dividing after one below
-# (square-rooting the factor at each reversal), until a round lands in the band.  The pilot's chains
-# are then discarded: the AIS run that uses the step sizes draws fresh ones, so its kernels do not
-# depend on its own states.  Level T-1 starts at ``init_step_size`` (default y_scale[T-1] sigma_T / 4,
-# from small steps as in ``adapt_step_sizes``), level t < T-1 at eps_{t+1} sigma_{t+1} / sigma_{t+2}.
-def adapt_marginal_step_sizes(ebm: ConditionalEBM, n_chains: int, shape: tuple, n_steps: int = 10,
-                              target: tuple[float, float] = (0.6, 0.9), n_leapfrog: int = 2,
-                              init_step_size: float | None = None, factor: float = 1.5,
-                              max_rounds: int = 20, jitter: float = 0.0, generator=None, device="cpu",
-                              progress: bool = False) -> dict:
-    """Return {"step_size", "acceptance" (mean of the final round), "rounds"}, tensors [T] by level t."""
-    _check_ais_args(ebm, n_steps, jitter)
-    sigma, s = ebm.levels["sigma_next"], ebm.levels["y_scale"]
-    eps = float(0.25 * s[-1] * sigma[-1] if init_step_size is None else init_step_size)
-    out = {"step_size": torch.zeros(ebm.T, dtype=torch.float64),
-           "acceptance": torch.zeros(ebm.T, dtype=torch.float64),
-           "rounds": torch.zeros(ebm.T, dtype=torch.long)}
-    x = torch.randn((n_chains, *shape), generator=generator, device=device)
-    for t in _levels(ebm, "adapt AIS-HMC", progress):
-        if t < ebm.T - 1:
-            eps *= float(sigma[t] / sigma[t + 1])
-        chains = {"x": x}
-
-        def one_round(eps, chains=chains, t=t):
-            chains["x"], probs = _marginal_transitions(ebm, chains["x"], t, eps, n_steps, n_leapfrog, generator, jitter)
-            return float(probs.mean())
-
-        eps, rate, r = search_step_size(one_round, eps, target, factor, max_rounds, f"AIS-HMC step size of level {t}")
-        out["step_size"][t], out["acceptance"][t], out["rounds"][t] = eps, rate, r
-        x = chains["x"]
-    return out

@@ -6,20 +6,13 @@ then runs Algorithm 2 with the interpolated noise.
 """
 from __future__ import annotations
 
-from collections import deque
-from typing import NamedTuple, Sequence
+from typing import Sequence
 
 import torch
 
 from drl.energy import ConditionalEBM
-from drl.sample import progressive_levels
-
-
-class Noise(NamedTuple):
-    """Every draw of one run of Algorithm 2: x_T, and for t = T-1, ..., 0 (in that order) the eps of
-    each sampling step (K Langevin eps_{t,tau}, or the normal approximation's one eps when K = 0)."""
-    x_T: torch.Tensor
-    eps: list[list[torch.Tensor]]
+from drl.noise import RandnLike, Replay, from_generator
+from drl.sample import progressive_sample
 
 
 # Spherical linear interpolation (Section 4.1) of each example's flattened vector:
@@ -46,50 +39,51 @@ def _angle(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return 2 * torch.atan2((u - v).norm(dim=1), (u + v).norm(dim=1))
 
 
-# The draws progressive_sample makes from ``generator``, in its order, shapes and dtype, so that
-# sample_with_noise(ebm, draw_noise(ebm, n, shape, K, g), K)
-#   == progressive_sample(ebm, n, shape, K, generator=g)[-1].
-def draw_noise(ebm: ConditionalEBM, n: int, shape: tuple, K: int, generator=None, device="cpu") -> Noise:
-    x_T = torch.randn((n, *shape), generator=generator, device=device)
-    eps = [[torch.randn(x_T.shape, generator=generator, dtype=x_T.dtype, device=x_T.device)
-            for _ in range(max(K, 1))] for _ in range(ebm.T)]
-    return Noise(x_T, eps)
+# Every draw progressive_sample(ebm, n, shape, K, randn_like=randn_like) makes, in its order, without
+# sampling: x_T, then for t = T-1, ..., 0 the eps of each sampling step (K Langevin eps_{t,tau}, or the
+# normal approximation's one eps when K = 0); so that
+#   sample_with_noise(ebm, draw_noise(ebm, n, shape, K, randn_like), K)
+#   == progressive_sample(ebm, n, shape, K, randn_like=randn_like)[-1]  for the same draws.
+def draw_noise(ebm: ConditionalEBM, n: int, shape: tuple, K: int, randn_like: RandnLike = torch.randn_like,
+               device="cpu") -> list[torch.Tensor]:
+    like = torch.empty((n, *shape), device=device)
+    return [randn_like(like) for _ in range(1 + ebm.T * max(K, 1))]
 
 
-# Algorithm 2 (as progressive_sample) with every draw taken from ``noise``; returns x_0.
-def sample_with_noise(ebm: ConditionalEBM, noise: Noise, K: int, noise_scale: float = 1.0) -> torch.Tensor:
-    return deque(progressive_levels(ebm, noise.x_T, K, noise_scale, noise=noise.eps), maxlen=1)[0]
+# Algorithm 2 (as progressive_sample) with every draw replayed from ``noise``; returns x_0.
+def sample_with_noise(ebm: ConditionalEBM, noise: Sequence[torch.Tensor], K: int, noise_scale: float = 1.0) -> torch.Tensor:
+    replay = Replay(noise)
+    x0 = progressive_sample(ebm, len(noise[0]), tuple(noise[0].shape[1:]), K, noise_scale, replay,
+                            noise[0].device, keep_levels=False)[-1]
+    if not replay.done():
+        raise ValueError(f"the supplied noise holds {len(noise)} draws; sampling with K = {K} used {replay.used}")
+    return x0
 
 
 # Section 4.1 / Fig. 5: slerp every noise tensor of two single-sample endpoints at each alpha.
-def slerp_noise(noise0: Noise, noise1: Noise, alphas: torch.Tensor) -> Noise:
-    """Endpoints of batch size 1 -> a Noise of batch size len(alphas)."""
-    if len(noise0.x_T) != 1 or len(noise1.x_T) != 1:
+def slerp_noise(noise0: Sequence[torch.Tensor], noise1: Sequence[torch.Tensor], alphas: torch.Tensor) -> list[torch.Tensor]:
+    """Endpoints of batch size 1 -> draws of batch size len(alphas)."""
+    if len(noise0[0]) != 1 or len(noise1[0]) != 1:
         raise ValueError("interpolation endpoints must each hold one sample")
-
-    def mix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        n = len(alphas)
-        return slerp(a.expand(n, *a.shape[1:]), b.expand(n, *b.shape[1:]), alphas)
-
-    eps = [[mix(a, b) for a, b in zip(la, lb, strict=True)] for la, lb in zip(noise0.eps, noise1.eps, strict=True)]
-    return Noise(mix(noise0.x_T, noise1.x_T), eps)
+    n = len(alphas)
+    return [slerp(a.expand(n, *a.shape[1:]), b.expand(n, *b.shape[1:]), alphas) for a, b in zip(noise0, noise1, strict=True)]
 
 
 # Section 4.1 / Fig. 5: the samples from the slerped noise, [len(alphas), *shape]; alpha = 0 and 1
 # give the endpoints' own samples (bitwise, or to float rounding where the net's batched evaluation
 # differs from a batch of one, as CPU convolutions do).
-def interpolate(ebm: ConditionalEBM, noise0: Noise, noise1: Noise, alphas: Sequence[float] | torch.Tensor,
-                K: int, noise_scale: float = 1.0) -> torch.Tensor:
-    alphas = torch.as_tensor(alphas, dtype=torch.float64, device=noise0.x_T.device)
+def interpolate(ebm: ConditionalEBM, noise0: Sequence[torch.Tensor], noise1: Sequence[torch.Tensor],
+                alphas: Sequence[float] | torch.Tensor, K: int, noise_scale: float = 1.0) -> torch.Tensor:
+    alphas = torch.as_tensor(alphas, dtype=torch.float64, device=noise0[0].device)
     return sample_with_noise(ebm, slerp_noise(noise0, noise1, alphas), K, noise_scale)
 
 
 # Fig. 5 rows: n_points evenly spaced alphas in [0, 1] between the samples that
-# progressive_sample(ebm, 1, shape, K, noise_scale, Generator(device).manual_seed(seed), device) gives
-# for the two seeds.
+# progressive_sample(ebm, 1, shape, K, noise_scale, from_generator(Generator(device).manual_seed(seed)), device)
+# gives for the two seeds.
 def interpolate_seeds(ebm: ConditionalEBM, shape: tuple, K: int, seeds: tuple[int, int], n_points: int,
                       noise_scale: float = 1.0, device="cpu") -> torch.Tensor:
-    noise0, noise1 = (draw_noise(ebm, 1, shape, K, torch.Generator(device=device).manual_seed(s), device)
+    noise0, noise1 = (draw_noise(ebm, 1, shape, K, from_generator(torch.Generator(device=device).manual_seed(s)), device)
                       for s in seeds)
     alphas = torch.linspace(0.0, 1.0, n_points, dtype=torch.float64)
     return interpolate(ebm, noise0, noise1, alphas, K, noise_scale)

@@ -15,7 +15,8 @@ def build_model(model_cfg: dict) -> ConditionalEBM:
     sched = make_schedule(model_cfg["diffusion"])
     energy, sampler = model_cfg["energy"], model_cfg["sampler"]
     return ConditionalEBM(build_net(energy["net"]), sched, sampler["step_size"], sampler["b"],
-                          energy["parameterisation"], energy.get("base", "none"))
+                          energy["parameterisation"], energy.get("base", "none"),
+                          energy.get("sn_power_iteration", "per_call"))
 
 
 def load_model(path, ema: bool = True) -> tuple[ConditionalEBM, dict]:

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import torch
 
-from drl import perf
 from drl.energy import ConditionalEBM
 from drl.mcmc import recovery_sample
+from drl.noise import RandnLike
+from drl.power_iteration import released_call_structure
 
 
 def loss_weights(ebm: ConditionalEBM, t: torch.Tensor, like: torch.Tensor, rule: str) -> torch.Tensor:
@@ -35,17 +36,17 @@ def loss_weights(ebm: ConditionalEBM, t: torch.Tensor, like: torch.Tensor, rule:
 # (or eq. 12 when K = 0).
 def recovery_likelihood_loss(ebm: ConditionalEBM, y_pos: torch.Tensor, x_next: torch.Tensor,
                              t: torch.Tensor, K: int, weights: str = "uniform",
-                             noise_scale: float = 1.0, generator=None):
-    y_neg = recovery_sample(ebm, x_next, t, K, noise_scale, generator)
+                             noise_scale: float = 1.0, randn_like: RandnLike = torch.randn_like):
+    y_neg = recovery_sample(ebm, x_next, t, K, noise_scale, randn_like)
     return loss_given_negatives(ebm, y_pos, y_neg, t, weights)
 
 
 def loss_given_negatives(ebm: ConditionalEBM, y_pos: torch.Tensor, y_neg: torch.Tensor,
                          t: torch.Tensor, weights: str = "uniform"):
     """The per-example loss w_t (f(y^-, t) - f(y^+, t)) on given negatives.  f(y^+) and f(y^-) in
-    one batched call, or under ``perf.sn_power_iteration: released`` (training mode) in two,
+    one batched call, or under ``energy.sn_power_iteration: released`` (training mode) in two,
     pos first, as the released code (each call runs its own power iterations)."""
-    if perf.released_call_structure(ebm):
+    if released_call_structure(ebm):
         f_pos, f_neg = ebm(y_pos, t), ebm(y_neg, t)
     else:
         f = ebm(torch.cat([y_pos, y_neg]), torch.cat([t, t]))

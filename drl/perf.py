@@ -1,134 +1,82 @@
-"""Performance switches of a run (the ``perf`` section of params.yaml).
+"""Speed switches of a run (the ``perf`` section of params.yaml) and ``train.precision``, applied
+around the plain maths from outside: the model holds none of them.
 
-* ``sn_power_iteration``: ``per_call`` (default), ``released`` or ``per_iteration``: how often a
-  training iteration runs the spectral norms' power iterations; see ``fixed_weights``.
-* ``channels_last``: the network's 4-D weights (convolutions) in channels-last memory format.
-* ``compile``: the energy and score of MCMC chains (Langevin, HMC, AIS) by ``torch.compile`` (``chain_score``).
-* ``cuda_graphs``: the Langevin step captured once per chain in a CUDA graph and replayed
-  (``CudaGraph``, ``run_steps``); CUDA only.
+* ``channels_last``: the network's 4-D weights (convolutions) in channels-last memory format
+  (``configure``, once, on the model's tensors).
+* ``compile``: the energy and score of MCMC chains (Langevin, HMC, AIS) by ``torch.compile``.
+* ``cuda_graphs``: the chain's score captured in a CUDA graph and replayed (``GraphedScore``); CUDA only.
+* precision ``bf16`` (``train.precision``): the model under bf16 autocast (``execution``); the
+  network's output is cast back to y's dtype (``ConditionalEBM.forward``), so everything outside
+  the backbone stays fp32.
 
-Only ``sn_power_iteration`` changes the function computed (in training mode; see ``fixed_weights``);
-the others compute the same function in another order of floating-point operations, or (CUDA
-graphs) with the same kernels.  tests/test_perf.py checks each against the plain path;
-tests/test_released_parity.py checks ``released`` against outputs of the released code.
+A stage enters ``execution(perf, precision, device)`` around its work; the samplers ask
+``chain_score(ebm)`` for their score function, which is the eager ``ConditionalEBM.score`` unless the
+surrounding execution says otherwise.  All compute the same function in another order of
+floating-point operations (bf16: in another precision); tests/test_perf.py checks each against the
+plain path.  The spectral-norm schedule, which changes the function, is not here: it is part of the
+model (``energy.sn_power_iteration``, drl/power_iteration.py).
 """
 from __future__ import annotations
 
 import warnings
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from functools import cache
 from typing import Callable
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
-SN_MODES = ("per_call", "released", "per_iteration")
+from drl.power_iteration import chain_weights, parametrized, weights_fixed_in_chain
 
 
 @dataclass(frozen=True)
 class Perf:
-    sn_power_iteration: str = "per_call"
     channels_last: bool = False
     compile: bool = False
     cuda_graphs: bool = False
 
-    def __post_init__(self):
-        if self.sn_power_iteration not in SN_MODES:
-            raise ValueError(f"unknown perf.sn_power_iteration {self.sn_power_iteration!r}; use one of {SN_MODES}")
+
+PLAIN = Perf()
+_CURRENT: ContextVar[Perf] = ContextVar("drl_perf", default=PLAIN)
 
 
-def _parametrized(module: nn.Module) -> list[tuple[str, nn.Module, str]]:
-    """(module name, module, tensor name) of every parametrised tensor (spectral norm) in ``module``."""
-    return [(name, m, tensor) for name, m in module.named_modules() if parametrize.is_parametrized(m)
-            for tensor in m.parametrizations]
-
-
-def configure(ebm: nn.Module, cfg: dict | None, device: str | torch.device) -> nn.Module:
-    """Apply a run's ``perf`` section to ``ebm`` (already on ``device``) and return it.  For training,
-    call it before the optimizer and the EMA copy are made and before a state is loaded, so that a
-    resumed run has the memory formats of an uninterrupted one (the arithmetic then matches bitwise).
-
-    ``cuda_graphs`` off CUDA is ignored with a warning (one params.yaml serves CPU and GPU machines;
-    the function computed is the same either way)."""
-    perf = Perf(**(cfg or {}))
+def configure(ebm: nn.Module, cfg: dict | None, device: str | torch.device) -> Perf:
+    """A run's ``perf`` section as a ``Perf``, with ``channels_last`` applied to ``ebm`` (already on
+    ``device``).  For training, call it before the optimizer and the EMA copy are made and before a
+    state is loaded, so that a resumed run has the memory formats of an uninterrupted one.
+    ``cuda_graphs`` off CUDA is ignored with a warning (one params.yaml serves CPU and GPU machines)."""
+    cfg = dict(cfg or {})
+    if "sn_power_iteration" in cfg:
+        raise ValueError("perf.sn_power_iteration is now energy.sn_power_iteration: it changes the function "
+                         "trained, so it belongs to the model's definition; move it there")
+    perf = Perf(**cfg)
     if perf.cuda_graphs and torch.device(device).type != "cuda":
         warnings.warn(f"perf.cuda_graphs is for CUDA devices; ignored on {device}", stacklevel=2)
         perf = replace(perf, cuda_graphs=False)
     if perf.channels_last:
         ebm.to(memory_format=torch.channels_last)   # 4-D parameters only; y keeps its format
-    ebm.perf = perf
-    return ebm
-
-
-# Spectral norm W / sigma(W), with sigma from power iteration (drl/nets/wrn.py; torch's
-# spectral_norm for the MLP).  In training mode every evaluation of a weight runs a power iteration
-# (u, v advance) unless ``fixed_weights`` holds the weights; the settings differ in how many
-# evaluations one training iteration (a K-step Langevin chain, then the loss) makes:
-# * ``per_call`` (default): one power iteration per weight evaluation, with drl's own call
-#   structure: the time embedding once per chain (``time_context``), K score evaluations, pos and
-#   neg batched in one loss call.  A convolution's u, v advance K + 1 times, the time-embedding
-#   layers' (temb denses, each block's projection) twice, and each Langevin step sees a slightly
-#   different sigma.
-# * ``released``: the released code's call structure exactly: every network call recomputes the
-#   time embedding, the chain makes K + 1 evaluations (the last, at y_K after the last step, only
-#   advances u, v: the released sampler computes a gradient there that it never uses), and the loss
-#   evaluates pos, then neg, in two calls: K + 3 power iterations for every layer.  With u, v far
-#   from converged (early training; the released code starts from random u) this changes the
-#   results; with converged u, v it agrees with per_call to float32 rounding.
-# * ``per_iteration`` (SN-GAN's practice, Miyato et al. 2018): inside ``fixed_weights`` each weight
-#   is evaluated once -- one power iteration, one W / sigma -- and that tensor serves the whole chain
-#   and the loss, gradients flowing to W through it in the loss.  The chain then samples one fixed
-#   energy.
-# In eval mode (EMA copy, sampling) u, v are frozen and all settings compute the same weights
-# (``released`` then keeps per_call's call structure); ``fixed_weights`` then only saves
-# recomputing them.
-@contextmanager
-def fixed_weights(module: nn.Module):
-    """Within: every parametrised weight of ``module`` is computed once, on entry (with gradient
-    tracking, for the loss), and reused by every call (``torch.nn.utils.parametrize.cached``)."""
-    with parametrize.cached():
-        with torch.enable_grad():
-            for _, m, tensor in _parametrized(module):
-                getattr(m, tensor)
-        yield
+    return perf
 
 
 @contextmanager
-def training_iteration(ebm: nn.Module):
-    """Around one training iteration's forward (chain and loss): ``fixed_weights`` under
-    ``sn_power_iteration: per_iteration``, nothing under ``per_call`` or ``released``."""
-    if ebm.perf.sn_power_iteration == "per_iteration":
-        with fixed_weights(ebm):
+def execution(perf: Perf = PLAIN, precision: str = "fp32", device: str | torch.device = "cpu"):
+    """Within: chains use ``perf``'s score (``chain_score``) and the model runs under bf16 autocast
+    when ``precision`` is "bf16" (no cast cache: CUDA graph capture requires it off)."""
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"unknown precision {precision!r}; use 'fp32' or 'bf16'")
+    token = _CURRENT.set(perf)
+    try:
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16",
+                            cache_enabled=False):
             yield
-    else:
-        yield
+    finally:
+        _CURRENT.reset(token)
 
 
-def weights_fixed_in_chain(ebm: nn.Module) -> bool:
-    """Whether ``ebm``'s spectral-norm weights stay fixed through an MCMC chain (eval mode, or
-    ``sn_power_iteration: per_iteration``); bench/flops.py counts the chains' FLOPs by it."""
-    return not ebm.training or ebm.perf.sn_power_iteration == "per_iteration"
-
-
-def released_call_structure(ebm: nn.Module) -> bool:
-    """Whether the chain and the loss make the released code's network calls (``sn_power_iteration:
-    released`` in training mode): time embedding in every call, K + 1 chain evaluations, pos and
-    neg in two calls.  In eval mode u, v are frozen and ``released`` runs as ``per_call``."""
-    return ebm.training and ebm.perf.sn_power_iteration == "released"
-
-
-@contextmanager
-def chain_weights(ebm: nn.Module):
-    """Around an MCMC chain: ``fixed_weights`` where the weights cannot change within the chain (eval
-    mode, or ``sn_power_iteration: per_iteration``), where it computes the weights every call would;
-    nothing under ``per_call`` or ``released`` in training mode (a power iteration at every call)."""
-    if weights_fixed_in_chain(ebm):
-        with fixed_weights(ebm):
-            yield
-    else:
-        yield
+def current() -> Perf:
+    return _CURRENT.get()
 
 
 def _energy_sum(ebm: nn.Module, params: dict, y: torch.Tensor, t: torch.Tensor, ctx):
@@ -143,16 +91,11 @@ def _compiled_score() -> Callable:
     return torch.compile(torch.func.grad_and_value(_energy_sum, argnums=2, has_aux=True), dynamic=False)
 
 
-def _compiled_f_and_grad(ebm: nn.Module, params: dict, y: torch.Tensor, t: torch.Tensor, ctx):
-    grad, (_, f) = _compiled_score()(ebm, params, y, t, ctx)
-    return f, grad
-
-
 @contextmanager
 def _frozen_parametrizations(module: nn.Module):
     """The parametrisations in eval mode (spectral norm: W / sigma from the current u, v, no power
     iteration), their previous modes restored on exit."""
-    lists = [m.parametrizations[tensor] for _, m, tensor in _parametrized(module)]
+    lists = [m.parametrizations[tensor] for _, m, tensor in parametrized(module)]
     modes = [p.training for p in lists]
     try:
         for p in lists:
@@ -161,31 +104,6 @@ def _frozen_parametrizations(module: nn.Module):
     finally:
         for p, mode in zip(lists, modes):
             p.train(mode)
-
-
-# The energy and score (f(y, t), grad_y f(y, t)) of an MCMC chain (Langevin, HMC):
-# ``ConditionalEBM.score`` (eager), or under ``perf.compile`` the same values from the compiled graph
-# of ``_compiled_score``, given the parameters detached and the spectral norms frozen, i.e. the
-# weights ``fixed_weights`` computes.
-@contextmanager
-def chain_score(ebm: nn.Module):
-    """Yield score(y, t, ctx) -> (f(y, t), grad_y f(y, t)) for one chain, inside ``chain_weights``;
-    f carries no autograd graph."""
-    with chain_weights(ebm):
-        if not ebm.perf.compile:
-            def eager(y, t, ctx):
-                f, grad = ebm.score(y, t, ctx=ctx)
-                return f.detach(), grad
-
-            yield eager
-            return
-        if not weights_fixed_in_chain(ebm) and _parametrized(ebm):
-            raise ValueError("perf.compile with spectral norm needs perf.sn_power_iteration: per_iteration for "
-                             "training: the compiled score takes the weights fixed through a chain, per_call "
-                             "and released change them at every call")
-        params = {name: p.detach() for name, p in ebm.named_parameters()}
-        with _frozen_parametrizations(ebm), torch.no_grad():
-            yield lambda y, t, ctx: _compiled_f_and_grad(ebm, params, y, t, ctx)
 
 
 class CudaGraph:
@@ -211,18 +129,59 @@ class CudaGraph:
         self.graph.replay()
 
 
-def run_steps(step: Callable[[], None], draw: Callable[[int], None], K: int, graph=None) -> None:
-    """K steps, each after ``draw(k)`` (which fills the step's noise).  With a ``graph`` (CUDA graphs)
-    the step must read and write only tensors that outlive the chain, in place, with no host
-    synchronisation and no random draws: step 0 runs as the warm-up, step 1 is captured, and steps 1
-    to K-1 replay it."""
-    for k in range(K):
-        draw(k)
-        if graph is None:
-            step()
-        elif k == 0:
-            graph.warmup(step)
-        else:
-            if k == 1:
-                graph.capture(step)
-            graph.replay()
+class GraphedScore:
+    """A chain's score(y, t, ctx) on a CUDA graph: the first call runs as the warm-up, the second is
+    captured and every call from then on replays it, y copied into the captured input.  t and ctx are
+    the chain's (fixed for a chain); the graph is made anew for every chain."""
+
+    def __init__(self, score: Callable):
+        self.score, self.graph, self.captured, self.y = score, CudaGraph(), False, None
+
+    def _step(self) -> None:
+        self.out = self.score(self.y, self.t, self.ctx)
+
+    def __call__(self, y: torch.Tensor, t: torch.Tensor, ctx):
+        if self.y is None:
+            self.y, self.t, self.ctx = y.clone(), t, ctx
+            self.graph.warmup(self._step)
+            return self.out
+        if t is not self.t or ctx is not self.ctx:
+            raise ValueError("a graphed chain score was called with another t or time context")
+        self.y.copy_(y)
+        if not self.captured:
+            self.graph.capture(self._step)
+            self.captured = True
+        self.graph.replay()
+        return tuple(o.clone() for o in self.out)
+
+
+# The energy and score (f(y, t), grad_y f(y, t)) of an MCMC chain (Langevin, HMC, AIS):
+# ``ConditionalEBM.score`` (eager), or under ``compile`` the same values from the compiled graph of
+# ``_compiled_score``, given the parameters detached and the spectral norms frozen, i.e. the weights
+# ``chain_weights`` computes; under ``cuda_graphs`` either one replayed from a CUDA graph.
+@contextmanager
+def chain_score(ebm: nn.Module):
+    """Yield score(y, t, ctx) -> (f(y, t), grad_y f(y, t)) for one chain, inside ``chain_weights``;
+    f carries no autograd graph."""
+    perf = current()
+    with chain_weights(ebm):
+        if perf.compile:
+            if not weights_fixed_in_chain(ebm) and parametrized(ebm):
+                raise ValueError("perf.compile with spectral norm needs energy.sn_power_iteration: per_iteration for "
+                                 "training: the compiled score takes the weights fixed through a chain, per_call "
+                                 "and released change them at every call")
+            params = {name: p.detach() for name, p in ebm.named_parameters()}
+
+            def score(y, t, ctx):
+                grad, (_, f) = _compiled_score()(ebm, params, y, t, ctx)
+                return f, grad
+
+            with _frozen_parametrizations(ebm), torch.no_grad():
+                yield GraphedScore(score) if perf.cuda_graphs else score
+            return
+
+        def score(y, t, ctx):
+            f, grad = ebm.score(y, t, ctx=ctx)
+            return f.detach(), grad
+
+        yield GraphedScore(score) if perf.cuda_graphs else score

@@ -24,7 +24,9 @@ from drl.diffusion import Schedule, diffused_pair
 from drl.energy import ConditionalEBM
 from drl.io import atomic_path, load_checkpoint, torch_save
 from drl.model import MODEL_KEYS, build_model, load_model  # noqa: F401 (load_model: the trainer's own checkpoints)
+from drl.noise import from_generator
 from drl.objectives import dsm_loss, recovery_likelihood_loss
+from drl.power_iteration import training_iteration
 
 
 
@@ -130,23 +132,21 @@ class Objective(nn.Module):
         self.ebm, self.ocfg, self.scfg = ebm, ocfg, scfg
 
     def forward(self, y_pos, x_next, t, gen):
-        with perf.training_iteration(self.ebm):   # spectral norm: one power iteration here or per call
+        with training_iteration(self.ebm):   # spectral norm: one power iteration here or per call
             if self.ocfg["name"] == "dsm":  # eq. 14
                 return dsm_loss(self.ebm, y_pos, x_next, t)
             # Algorithm 1: negatives by K Langevin steps from x_{t+1}, loss w_t (f(y^-, t) - f(y^+, t)).
             return recovery_likelihood_loss(self.ebm, y_pos, x_next, t, self.scfg["K"], self.ocfg["loss_weights"],
-                                            self.scfg["noise_scale"], gen)
+                                            self.scfg["noise_scale"], from_generator(gen))
 
 
 def _resume_key(cfg: dict) -> dict:
     """What must match for a run to resume, flattened to params keys: all but the seed list (a run's
-    own train.seed is in its train section) and the perf switches that compute the same function;
-    ``perf.sn_power_iteration`` changes the function trained (drl/perf.py), so it must match too."""
-    key = {f"{k}.{s}" if isinstance(v, dict) else k: sv
-           for k, v in cfg.items() if k not in ("perf", "seeds", "seed_of")
-           for s, sv in (v.items() if isinstance(v, dict) else [(None, v)])}
-    key["perf.sn_power_iteration"] = (cfg.get("perf") or {}).get("sn_power_iteration", perf.Perf().sn_power_iteration)
-    return key
+    own train.seed is in its train section) and the perf switches, which compute the same function
+    (drl/perf.py); what changes the function (e.g. energy.sn_power_iteration) is in the model's sections."""
+    return {f"{k}.{s}" if isinstance(v, dict) else k: sv
+            for k, v in cfg.items() if k not in ("perf", "seeds", "seed_of")
+            for s, sv in (v.items() if isinstance(v, dict) else [(None, v)])}
 
 
 def train(cfg: dict, data: np.ndarray, out_dir: str | Path, device: str = "cpu", progress: bool = True) -> Path:
@@ -166,8 +166,8 @@ def _train(cfg: dict, data: np.ndarray, out_dir: Path, device: str, progress: bo
     out_dir.mkdir(parents=True, exist_ok=True)
     model_cfg = {k: cfg[k] for k in MODEL_KEYS}
     torch.manual_seed(tcfg["seed"])
-    ebm = perf.configure(build_model(model_cfg).to(device), cfg.get("perf"), device)
-    ebm.precision = tcfg.get("precision", "fp32")
+    ebm = build_model(model_cfg).to(device)
+    fast, precision = perf.configure(ebm, cfg.get("perf"), device), tcfg.get("precision", "fp32")
     opt = torch.optim.Adam(ebm.parameters(), lr=tcfg["lr"], betas=(tcfg["beta1"], tcfg["beta2"]), eps=tcfg["eps"])
     ema = EMA(ebm, tcfg["ema"])
     gen = torch.Generator(device=device).manual_seed(distributed.rank_seed(tcfg["seed"], w))
@@ -208,7 +208,8 @@ def _train(cfg: dict, data: np.ndarray, out_dir: Path, device: str, progress: bo
             for group in opt.param_groups:
                 group["lr"] = _lr(tcfg, it)
             y_pos, x_next, t = draw_batch(x_all, B, ebm.sched, gen, tcfg.get("hflip", False))
-            loss, info = objective(y_pos, x_next, t, gen)
+            with perf.execution(fast, precision, device):   # the perf switches and precision, around the plain maths
+                loss, info = objective(y_pos, x_next, t, gen)
             loss = loss.mean()
             # Global batch means (the log does not depend on the world size), the largest |f| and the
             # largest signal number any rank received: one all_reduce, so all ranks stop together.

@@ -101,7 +101,7 @@ def _run_stages(params: dict, run: str) -> list[Stage]:
     # a seed's copy reads its run's params.yaml keys; its own seed is fixed by its name, so adding a
     # seed adds stages and retrains nothing that exists
     src = source_run(params, run)
-    perf = ("perf",) if "perf" in cfg else ()  # optional; it can change results (sn_power_iteration, summation order)
+    perf = ("perf",) if "perf" in cfg else ()  # optional; it changes the order of floating-point operations
     eval_deps, eval_params = [f["model"]], [f"runs.{src}.{s}" for s in ("evaluate", *perf)] + [f"datasets.{cfg['dataset']}"]
     if "quadrature" in ev or "partition" in ev:
         eval_deps.append(_prepared(cfg["dataset"], "test"))
@@ -141,9 +141,12 @@ def _report_stages(params: dict) -> list[Stage]:
                          [f"figures.{fig}"] + [f"runs.{r}.{read}" for r in fcfg["runs"]], fcfg["group"],
                          reports=[PATTERNS["figure"].format(group=fcfg["group"], figure=fig)]))
     for name, tcfg in params.get("tables", {}).items():
-        runs = list(dict.fromkeys(s for r in tcfg["rows"] if "run" in r for s in seed_runs(params, r["run"])))
+        rows = list(dict.fromkeys(r["run"] for r in tcfg["rows"] if "run" in r))
+        runs = list(dict.fromkeys(s for r in rows for s in seed_runs(params, r)))
+        named = [f"runs.{r}.evaluate.fidelity.extractor" for r in rows if "fidelity" in params["runs"][r]["evaluate"]]
         out.append(Stage(f"table_{name}", "table", f"drl table --table {name}",
-                         [_run_files(params, r)["metrics"] for r in runs] + code("table"), [], [f"tables.{name}"],
+                         [_run_files(params, r)["metrics"] for r in runs] + code("table"), [],
+                         [f"tables.{name}"] + named,
                          tcfg["group"], reports=[tcfg["output"], str(table_markdown(tcfg["output"]))]))
     return out
 
@@ -221,10 +224,12 @@ def dvc_files(params: dict) -> dict[str, str]:
             st = {"wdir": wdir, **st}
         if s.outs:
             st["outs"] = [{o: {"cache": False, "persist": True}} for o in s.outs] if s.kind == "fetch" else s.outs
-        if s.metrics:
+        # metrics only where they are committed: DVC warns of every declared metrics file that is missing
+        kept = (s.metrics if s.name in external else []) + s.reports
+        if s.metrics and s.name not in external:
             st["metrics"] = [{m: {"cache": False}} for m in s.metrics]
-        if s.reports:
-            st["outs"] = st.get("outs", []) + [{p: {"cache": False}} for p in s.reports]
+        if kept:
+            st["outs"] = st.get("outs", []) + [{p: {"cache": False}} for p in kept]
         if s.plots:
             st["plots"] = [{p: props} for p, props in s.plots.items()]
         docs[EXTERNAL_DVC_YAML if s.name in external else "dvc.yaml"][s.name] = st

@@ -103,6 +103,9 @@ def test_semantic_checks_wait_for_schema_errors(params):
 
 
 SEMANTIC_CASES = {
+    "compile_with_per_call_spectral_norm": (
+        lambda p: p["runs"]["digits_t6_k30"]["perf"].update(compile=True),
+        "runs.digits_t6_k30.perf.compile", "per_iteration"),
     "missing_dataset": (
         lambda p: p["runs"][DRL].update(dataset="moons"),
         f"runs.{DRL}.dataset", "moons"),
@@ -185,6 +188,18 @@ def test_semantic_error_named(params, case):
     assert n == 1, lines
     assert lines[0].startswith(key + ": "), lines
     assert word in lines[0]
+
+
+def test_spectral_norm_schedule_under_perf_is_refused_naming_its_place(params):
+    params["runs"][DRL]["perf"] = {"sn_power_iteration": "per_iteration"}
+    with pytest.raises(ParamsError) as exc:
+        validate(params)
+    assert any(line.startswith(f"runs.{DRL}.perf.sn_power_iteration: now runs.{DRL}.energy.sn_power_iteration")
+               for line in problems(exc)[1]), str(exc.value)
+    del params["runs"][DRL]["perf"]
+    params["runs"]["digits_t6_k30"]["perf"]["compile"] = True
+    params["runs"]["digits_t6_k30"]["energy"]["sn_power_iteration"] = "per_iteration"
+    validate(params)
 
 
 def test_semantic_errors_reported_together(params):

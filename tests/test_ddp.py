@@ -23,7 +23,9 @@ from drl.cli import main
 from drl.config import load_params, run_config
 from drl.diffusion import make_schedule
 from drl.mcmc import langevin
+from drl.perf import execution
 from drl.train import build_model, draw_batch, train
+from drl.noise import from_generator
 from test_train import tiny_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -205,15 +207,16 @@ def test_bf16_keeps_y_and_the_energy_in_float32_and_close_to_fp32():
     g = torch.Generator().manual_seed(0)
     y, t = torch.randn(256, 2, generator=g), torch.randint(ebm.T, (256,), generator=g)
     f32, s32 = ebm.score(y, t)
-    ebm.precision = "bf16"
-    f16, s16 = ebm.score(y, t)
+    with execution(precision="bf16"):
+        f16, s16 = ebm.score(y, t)
     assert f16.dtype == s16.dtype == torch.float32
     assert (f16 - f32).abs().max() < 0.02 * f32.abs().max()
     assert (s16 - s32).norm() < 0.02 * s32.norm()
     seen = []
     real_score = ebm.score
     ebm.score = lambda y, t, **kw: seen.append(y.dtype) or real_score(y, t, **kw)
-    y_neg = langevin(ebm, y, t, 5, generator=g)
+    with execution(precision="bf16"):
+        y_neg = langevin(ebm, y, t, 5, randn_like=from_generator(g))
     assert y_neg.dtype == torch.float32 and seen == [torch.float32] * 5 and torch.isfinite(y_neg).all()
 
 

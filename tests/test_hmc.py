@@ -10,6 +10,8 @@ from drl.energy import ConditionalEBM
 from drl.evaluate.partition import LOG_2PI, estimate_log_z
 from drl.hmc import adapt_step_sizes, hmc, long_run_levels, long_run_sample
 from drl.mcmc import langevin
+from drl.perf import execution
+from drl.noise import from_generator
 from oracles import (GaussianMixtureData, OffsetNet, OracleNet, gaussian_hmc_acceptance,
                      sample_recovery_posterior, sample_x_level)
 
@@ -51,7 +53,7 @@ def test_hmc_samples_gaussian_recovery_conditional_exactly(start):
         np.testing.assert_allclose(y.mean(0), means[0], atol=4.5 * np.sqrt(var[0] / n))
         np.testing.assert_allclose(y.var(0), var[0], rtol=0.045)
         if start == "exact":
-            ula = langevin(ebm, xn, tt, K=40, generator=g, y=_f32(y0)).double().numpy()
+            ula = langevin(ebm, xn, tt, K=40, randn_like=from_generator(g), y=_f32(y0)).double().numpy()
             assert ula.var(0).mean() / _ula_variance(1 / var[0], eps) == pytest.approx(1, abs=0.03)
             assert ula.var(0).mean() / var[0] > 1.2
 
@@ -225,6 +227,5 @@ def test_long_run_validates_arguments():
         long_run_sample(ebm, 4, (3,), 2, torch.ones(2), progress=False)
     with pytest.raises(ValueError, match="steps_per_level"):
         long_run_sample(ebm, 4, (3,), 0, torch.ones(3), progress=False)
-    ebm.precision = "bf16"
-    with pytest.raises(ValueError, match="fp32"):
+    with execution(precision="bf16"), pytest.raises(ValueError, match="fp32"):
         long_run_sample(ebm, 4, (3,), 2, torch.ones(3), progress=False)

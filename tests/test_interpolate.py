@@ -1,5 +1,5 @@
 """drl/interpolate.py: interpolation between two generated samples (Section 4.1, Fig. 5), and the
-supplied-noise option of drl/mcmc.py it relies on."""
+replayed noise (drl/noise.py) it relies on."""
 import math
 
 import pytest
@@ -7,9 +7,10 @@ import torch
 
 from drl.diffusion import linear_sigma2_schedule
 from drl.energy import ConditionalEBM
-from drl.interpolate import Noise, draw_noise, interpolate, interpolate_seeds, sample_with_noise, slerp
+from drl.interpolate import draw_noise, interpolate, interpolate_seeds, sample_with_noise, slerp
 from drl.mcmc import langevin, normal_approximation
 from drl.sample import progressive_sample
+from drl.noise import Replay, from_generator
 from rounding import reordered
 from oracles import GaussianMixtureData, OracleNet, tiny_mlp_ebm, tiny_wrn_ebm
 
@@ -72,30 +73,34 @@ def test_slerped_gaussian_noise_is_still_standard_normal():
     assert (0.5 * a + 0.5 * b).norm().item() / math.sqrt(D) == pytest.approx(math.sqrt(0.5), abs=0.01)
 
 
-# ------------------------------------------------------------------- supplied noise in drl/mcmc.py
+# ------------------------------------------------------------------------ replayed noise (drl/noise.py)
 @pytest.mark.parametrize("K", [0, 5])
-def test_default_sampling_draws_are_unchanged(K):
-    """The default (noise=None) path draws exactly what draw_noise records from the same generator:
-    same outputs bitwise, generators left in the same state."""
+def test_replayed_draws_give_the_drawn_samples(K):
+    """draw_noise records exactly the draws progressive_sample makes from the same generator: the
+    replayed sample is bitwise the same, the generators are left in the same state."""
     ebm = _oracle_ebm(MIXTURE)
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
-    expected = progressive_sample(ebm, 7, (2,), K, 0.8, g1)[-1]
-    got = sample_with_noise(ebm, draw_noise(ebm, 7, (2,), K, g2), K, 0.8)
+    expected = progressive_sample(ebm, 7, (2,), K, 0.8, from_generator(g1))[-1]
+    got = sample_with_noise(ebm, draw_noise(ebm, 7, (2,), K, from_generator(g2)), K, 0.8)
     assert torch.equal(got, expected)
     assert torch.equal(g1.get_state(), g2.get_state())
 
 
-def test_langevin_and_normal_approximation_use_supplied_noise():
+def test_langevin_and_normal_approximation_use_replayed_noise():
     ebm = _oracle_ebm(MIXTURE)
     x, t = torch.randn(6, 2, generator=torch.Generator().manual_seed(4)), torch.tensor([0, 1, 2, 0, 1, 2])
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
-    eps = [torch.randn(6, 2, generator=g2) for _ in range(4)]
-    assert torch.equal(langevin(ebm, x, t, 4, 0.9, g1), langevin(ebm, x, t, 4, 0.9, noise=eps))
-    assert torch.equal(normal_approximation(ebm, x, t, 0.9, g1),
-                       normal_approximation(ebm, x, t, 0.9, eps=torch.randn(6, 2, generator=g2)))
+    eps = [torch.randn(6, 2, generator=g2) for _ in range(5)]
+    assert torch.equal(langevin(ebm, x, t, 4, 0.9, from_generator(g1)), langevin(ebm, x, t, 4, 0.9, Replay(eps[:4])))
+    assert torch.equal(normal_approximation(ebm, x, t, 0.9, from_generator(g1)),
+                       normal_approximation(ebm, x, t, 0.9, Replay(eps[4:])))
     assert torch.equal(g1.get_state(), g2.get_state())
-    with pytest.raises(ValueError, match="3 tensors for 4"):
-        langevin(ebm, x, t, 4, noise=eps[:3])
+    with pytest.raises(ValueError, match="holds 3 draws"):
+        langevin(ebm, x, t, 4, randn_like=Replay(eps[:3]))
+    with pytest.raises(ValueError, match="shape"):
+        langevin(ebm, x, t, 1, randn_like=Replay([torch.zeros(6, 3)]))
+    with pytest.raises(ValueError, match="used"):   # more draws than the sampler takes
+        sample_with_noise(ebm, draw_noise(ebm, 1, (2,), 5), 4)
 
 
 # ---------------------------------------------------------------------------------- interpolation
@@ -111,7 +116,7 @@ def test_interpolation_ends_at_the_two_samples_and_is_deterministic(make_ebm, sh
     out = interpolate_seeds(ebm, shape, K, (11, 12), n_points=5, noise_scale=0.9)
     assert out.shape == (5, *shape)
     for seed, end in ((11, out[0]), (12, out[-1])):
-        sample = progressive_sample(ebm, 1, shape, K, 0.9, torch.Generator().manual_seed(seed))[-1][0]
+        sample = progressive_sample(ebm, 1, shape, K, 0.9, from_generator(torch.Generator().manual_seed(seed)))[-1][0]
         # the same draws; only the batch of 5 against 1 differs (other kernels): T levels of K steps of O(1)
         # values, well inside 64 reordered operations (tests/rounding.py)
         torch.testing.assert_close(end, sample, rtol=0, atol=reordered(1.0, 64))
@@ -126,14 +131,13 @@ def test_interpolated_samples_keep_the_model_marginal():
     at every alpha; linearly interpolated noise (the contrast) shrinks it at alpha = 0.5."""
     D = 20_000
     ebm = _oracle_ebm(GaussianMixtureData([[0.0] * D], [0.7]))
-    noise0, noise1 = (draw_noise(ebm, 1, (D,), 5, torch.Generator().manual_seed(s)) for s in (20, 21))
-    v = sample_with_noise(ebm, draw_noise(ebm, 1, (D,), 5, torch.Generator().manual_seed(22)), 5).pow(2).mean()
+    noise0, noise1 = (draw_noise(ebm, 1, (D,), 5, from_generator(torch.Generator().manual_seed(s))) for s in (20, 21))
+    v = sample_with_noise(ebm, draw_noise(ebm, 1, (D,), 5, from_generator(torch.Generator().manual_seed(22))), 5).pow(2).mean()
     out = interpolate(ebm, noise0, noise1, [0.0, 0.25, 0.5, 0.75, 1.0], 5)
     torch.testing.assert_close(out.pow(2).mean(1), v.expand(5), rtol=0.05, atol=0)
 
     def lerp(a, b):
         return 0.5 * a + 0.5 * b
 
-    linear = Noise(lerp(noise0.x_T, noise1.x_T),
-                   [[lerp(a, b) for a, b in zip(la, lb)] for la, lb in zip(noise0.eps, noise1.eps)])
+    linear = [lerp(a, b) for a, b in zip(noise0, noise1)]
     assert sample_with_noise(ebm, linear, 5).pow(2).mean() < 0.7 * v

@@ -13,6 +13,7 @@ import yaml
 from drl.cli import main
 from drl.data.raw import file_sha256
 from image_fixtures import write_images
+from test_tables import numbers_only
 
 CLASSES = ["checks", "columns", "rows"]   # sorted: the labels 0, 1, 2
 
@@ -76,8 +77,9 @@ def test_labelled_folder_trains_its_own_extractor_and_scores_a_model(tmp_path, m
         assert main([*argv, "--device", "cpu"]) == 0, capsys.readouterr().err
     assert np.load("results/mine/runs/mine_t6/samples.npy").shape == (24, 8, 8, 3)
     metrics = json.loads((tmp_path / "results/mine/metrics/mine_t6.json").read_text())
-    assert metrics["iterations"] == 4 and metrics["extractor"] == "mine_classifier"
+    prov = json.loads((tmp_path / "results/mine/provenance/mine_t6.json").read_text())
+    assert numbers_only(metrics) and metrics["iterations"] == 4 and prov["extractor"]["name"] == "mine_classifier"
     assert all(isinstance(metrics[k], float) and math.isfinite(metrics[k]) for k in ("fid", "is_mean", "is_std"))
     assert metrics["fid"] > 0 and 1 <= metrics["is_mean"] <= 3   # IS lies in [1, number of classes]
-    assert metrics["extractor_description"]["sha256"] == sha
-    assert metrics["reference"] == "mine/train"
+    assert prov["extractor"]["sha256"] == sha and prov["extractor"]["kind"] == "classifier"
+    assert prov["reference"] == "mine/train"

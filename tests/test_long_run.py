@@ -11,6 +11,7 @@ from drl.energy import ConditionalEBM
 from drl.evaluate.long_run import combine, long_run_chains
 from drl.nets.mlp import MLPEnergy
 from drl.sample import progressive_sample
+from drl.noise import from_generator
 from oracles import GaussianMixtureData, OffsetNet, OracleNet
 
 OFFSETS = np.linspace(-2.0, 3.0, 10)
@@ -39,7 +40,7 @@ def test_gaussian_base_energy_is_the_unit_gaussian_level_density_and_keeps_t1k_c
     s = torch.as_tensor(sched.y_scale, dtype=torch.float32)[t]
     torch.testing.assert_close(ebm["gaussian"](y, t), -0.5 * (y.flatten(1) ** 2).sum(1) / s**2)
     torch.testing.assert_close(ebm["none"](y, t), torch.zeros(5))
-    sd = {b: progressive_sample(e, 2000, (1, 4, 4), 0, generator=torch.Generator().manual_seed(0),
+    sd = {b: progressive_sample(e, 2000, (1, 4, 4), 0, randn_like=from_generator(torch.Generator().manual_seed(0)),
                                 keep_levels=False)[-1].std().item() for b, e in ebm.items()}
     assert abs(sd["gaussian"] - 1) < 0.03, sd
     v = 1.0

@@ -7,6 +7,7 @@ import torch
 from drl.diffusion import linear_sigma2_schedule, released_schedule
 from drl.energy import ConditionalEBM
 from drl.mcmc import langevin, normal_approximation
+from drl.noise import from_generator
 from oracles import GaussianMixtureData, OracleNet
 
 N_CHAINS = 20_000
@@ -32,7 +33,7 @@ def test_langevin_reaches_gaussian_recovery_conditional(top_level):
     for t in range(sched.T):
         tt = torch.full((N_CHAINS,), t)
         xn = torch.tensor(x_next, dtype=torch.float32).expand(N_CHAINS, 3)
-        y = langevin(ebm, xn, tt, K=300, generator=g).double().numpy()
+        y = langevin(ebm, xn, tt, K=300, randn_like=from_generator(g)).double().numpy()
         w, means, var = data.recovery_posterior(sched, t, x_next)
         delta = ebm.levels["delta"][t]
         np.testing.assert_allclose(y.mean(0), means[0], atol=4 * np.sqrt(var[0] / N_CHAINS) + 1e-3)
@@ -47,7 +48,7 @@ def test_langevin_per_example_levels_in_one_batch():
     g = torch.Generator().manual_seed(1)
     t = torch.arange(6 * 5000) % 6
     xn = torch.full((len(t), 2), 0.5)
-    y = langevin(ebm, xn, t, K=400, generator=g).double().numpy()
+    y = langevin(ebm, xn, t, K=400, randn_like=from_generator(g)).double().numpy()
     for lvl in range(6):
         _, means, var = data.recovery_posterior(sched, lvl, np.array([0.5, 0.5]))
         yy = y[t.numpy() == lvl]
@@ -74,8 +75,8 @@ def test_langevin_released_parameterisation_is_the_same_sampler():
     released = ConditionalEBM(Scaled(), sched, "released", b, "net_over_s2")
     t = torch.arange(600) % 6
     xn = torch.randn(600, 2, generator=torch.Generator().manual_seed(2))
-    y1 = langevin(plain, xn, t, 30, generator=torch.Generator().manual_seed(3))
-    y2 = langevin(released, xn, t, 30, generator=torch.Generator().manual_seed(3))
+    y1 = langevin(plain, xn, t, 30, randn_like=from_generator(torch.Generator().manual_seed(3)))
+    y2 = langevin(released, xn, t, 30, randn_like=from_generator(torch.Generator().manual_seed(3)))
     torch.testing.assert_close(y1, y2, rtol=1e-4, atol=1e-5)
 
 
@@ -89,7 +90,7 @@ def test_langevin_reaches_gaussian_mixture_recovery_conditional():
     x_next = np.array([0.1])
     n = 8000
     xn = torch.tensor(x_next, dtype=torch.float32).repeat(n, 1)
-    y = langevin(ebm, xn, torch.zeros(n, dtype=torch.long), K=1200, generator=g).double().numpy()[:, 0]
+    y = langevin(ebm, xn, torch.zeros(n, dtype=torch.long), K=1200, randn_like=from_generator(g)).double().numpy()[:, 0]
     w, means, var = data.recovery_posterior(sched, 0, x_next)
     assert 0.2 < w.min()  # genuinely bimodal
     mean = (w * means[:, 0]).sum()
@@ -111,7 +112,7 @@ def test_normal_approximation_exact_for_linear_energy():
     g = torch.Generator().manual_seed(5)
     xn = torch.full((N_CHAINS, 2), 0.3)
     for t in range(2):
-        y = normal_approximation(ebm, xn, torch.full((N_CHAINS,), t), generator=g).double()
+        y = normal_approximation(ebm, xn, torch.full((N_CHAINS,), t), randn_like=from_generator(g)).double()
         s2 = sched.sigma[t + 1] ** 2
         np.testing.assert_allclose(y.mean(0).numpy(), 0.3 + s2 * c.double().numpy(), atol=4 * np.sqrt(s2 / N_CHAINS))
         np.testing.assert_allclose(y.var(0).numpy(), s2, rtol=0.03)

@@ -1,5 +1,5 @@
-"""drl/perf.py: each performance switch against the plain path (same seeds), and the in-place
-Langevin update against eq. 17 as written."""
+"""drl/perf.py: each performance switch against the plain path (same seeds), and the Langevin update
+against eq. 17 as written; drl/power_iteration.py: the spectral-norm schedules (energy.sn_power_iteration)."""
 import copy
 import dataclasses
 
@@ -16,6 +16,7 @@ from drl import perf
 from drl.config import SCHEMA_PATH
 from drl.mcmc import langevin
 from drl.train import Objective, build_model, train
+from drl.noise import Replay, from_generator
 from test_train import tiny_cfg, train_until_first_checkpoint
 from rounding import reordered
 from test_wrn import perturbed, small_ebm
@@ -24,9 +25,12 @@ TINY_WRN = {"kind": "wrn", "resolution": 8, "in_channels": 3, "ch": 8, "ch_mult"
             "temb_dim": 16, "spectral_norm": True}
 
 
-def _cfg(net: str, perf_cfg: dict | None = None, **train_overrides) -> dict:
-    """test_train's tiny run with the MLP (spectral norm on: torch's parametrisation) or a tiny WRN."""
+def _cfg(net: str, perf_cfg: dict | None = None, sn: str | None = None, **train_overrides) -> dict:
+    """test_train's tiny run with the MLP (spectral norm on: torch's parametrisation) or a tiny WRN;
+    ``sn``: its energy.sn_power_iteration."""
     cfg = tiny_cfg(**train_overrides)
+    if sn is not None:
+        cfg["energy"]["sn_power_iteration"] = sn
     if net == "wrn":
         cfg["energy"]["net"] = dict(TINY_WRN)
     else:
@@ -59,9 +63,15 @@ def _same(a: dict, b: dict):
         assert torch.equal(a[k], b[k]), k
 
 
-# -- item 6: the in-place Langevin update ---------------------------------------------------------
+def _under(p: perf.Perf, fn, *args, **kwargs):
+    """fn(*args, **kwargs) inside ``perf.execution(p)``."""
+    with perf.execution(p):
+        return fn(*args, **kwargs)
 
-# Eq. 17 as written (the update before the in-place rewrite).
+
+# -- the Langevin update --------------------------------------------------------------------------
+
+# Eq. 17 as written, independently of drl/mcmc.py and drl/energy.py's eq. 16.
 def _eq17(ebm, x_next, t, K, noise_scale, generator=None, noise=None):
     y = x_next.detach().clone()
     delta = ebm.per_level("delta", t, y)
@@ -75,7 +85,7 @@ def _eq17(ebm, x_next, t, K, noise_scale, generator=None, noise=None):
 
 
 @pytest.mark.parametrize("net", ["mlp", "wrn"])
-def test_in_place_langevin_is_eq17_bitwise(net):
+def test_langevin_is_eq17_bitwise(net):
     """Same y bitwise, with drawn and with supplied noise; for the WRN in training mode with spectral
     norm per call, also the same power-iteration vectors afterwards."""
     torch.manual_seed(0)
@@ -84,12 +94,13 @@ def test_in_place_langevin_is_eq17_bitwise(net):
     for noise in (None, [torch.randn_like(x) for _ in range(4)]):
         ref = copy.deepcopy(ebm)
         y_ref = _eq17(ref, x, t, 4, 0.7, torch.Generator().manual_seed(1), noise)
-        y = langevin(ebm, x, t, 4, 0.7, torch.Generator().manual_seed(1), noise=noise)
+        y = langevin(ebm, x, t, 4, 0.7, from_generator(torch.Generator().manual_seed(1)) if noise is None
+                     else Replay(noise))
         assert torch.equal(y, y_ref)
         _same(_buffers(ebm), _buffers(ref))
 
 
-# -- sn_power_iteration ---------------------------------------------------------------------------
+# -- energy.sn_power_iteration --------------------------------------------------------------------
 
 def _sn_layers(ebm):
     """(W as a matrix, its SpectralNorm) of every spectrally normalised layer."""
@@ -114,7 +125,7 @@ def test_per_iteration_is_one_power_iteration_then_fixed_weights():
         return loss.detach(), {n: p.grad for n, p in ebm.named_parameters() if p.grad is not None}
 
     fast = copy.deepcopy(base)
-    fast.perf = perf.Perf(sn_power_iteration="per_iteration")
+    fast.sn_power_iteration = "per_iteration"
     loss, grads = iteration(fast)
 
     ref = copy.deepcopy(base)
@@ -131,12 +142,11 @@ def test_per_iteration_is_one_power_iteration_then_fixed_weights():
     assert all(not torch.equal(a._u, b._u) for (_, a), (_, b) in zip(_sn_layers(slow), _sn_layers(fast)))
 
 
-@pytest.mark.parametrize("net, perf_cfg", [("mlp", {"sn_power_iteration": "per_iteration"}),
-                                           ("wrn", {"sn_power_iteration": "per_iteration"}),
-                                           ("wrn", {"channels_last": True})])
-def test_perf_runs_resume_bitwise(tmp_path, monkeypatch, net, perf_cfg):
-    """As tests/test_train.py's resume test, under the switches that keep state (u, v) or layouts."""
-    cfg, data = _cfg(net, perf_cfg), _data(net)
+@pytest.mark.parametrize("net, perf_cfg, sn", [("mlp", None, "per_iteration"), ("wrn", None, "per_iteration"),
+                                               ("wrn", {"channels_last": True}, None)])
+def test_perf_runs_resume_bitwise(tmp_path, monkeypatch, net, perf_cfg, sn):
+    """As tests/test_train.py's resume test, under the settings that keep state (u, v) or layouts."""
+    cfg, data = _cfg(net, perf_cfg, sn), _data(net)
     full = torch.load(train(cfg, data, tmp_path / "full", progress=False), weights_only=True)
     train_until_first_checkpoint(cfg, data, tmp_path / "resumed", monkeypatch)
     resumed = torch.load(train(cfg, data, tmp_path / "resumed", progress=False), weights_only=True)
@@ -149,12 +159,12 @@ def test_resume_refuses_a_changed_function_and_names_it(tmp_path, monkeypatch):
     """A switch that computes the same function may change between sessions; the spectral-norm
     schedule changes the function trained, so it may not (nor may any model or training setting)."""
     data = _data("mlp")
-    train_until_first_checkpoint(_cfg("mlp", {"sn_power_iteration": "per_iteration"}), data, tmp_path, monkeypatch)
+    train_until_first_checkpoint(_cfg("mlp", sn="per_iteration"), data, tmp_path, monkeypatch)
     with pytest.raises(RuntimeError, match=r"\(train\.lr changed\)"):
-        train(_cfg("mlp", {"sn_power_iteration": "per_iteration"}, lr=2e-3), data, tmp_path, progress=False)
-    with pytest.raises(RuntimeError, match=r"\(perf\.sn_power_iteration changed\)"):
-        train(_cfg("mlp"), data, tmp_path, progress=False)
-    ckpt = torch.load(train(_cfg("mlp", {"sn_power_iteration": "per_iteration", "channels_last": True}), data,
+        train(_cfg("mlp", sn="per_iteration", lr=2e-3), data, tmp_path, progress=False)
+    with pytest.raises(RuntimeError, match=r"\(energy\.sn_power_iteration changed\)"):
+        train(_cfg("mlp", sn="per_call"), data, tmp_path, progress=False)
+    ckpt = torch.load(train(_cfg("mlp", {"channels_last": True}, sn="per_iteration"), data,
                             tmp_path, progress=False), weights_only=True)
     assert ckpt["iteration"] == 20 and ckpt["cfg"]["perf"]["channels_last"]
 
@@ -174,12 +184,13 @@ def test_channels_last_computes_the_same_chain_and_training(tmp_path):
       and on the no-AVX path); a wrong convolution moves it to O(1)."""
     torch.manual_seed(0)
     plain = perturbed(small_ebm())
-    fast = perf.configure(copy.deepcopy(plain), {"channels_last": True}, "cpu")
+    fast = copy.deepcopy(plain)
+    assert perf.configure(fast, {"channels_last": True}, "cpu") == perf.Perf(channels_last=True)
     conv = fast.net.blocks[0].conv1.parametrizations.weight.original
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
     x, t = _chain_inputs(plain)
-    y = langevin(plain, x, t, 10, generator=torch.Generator().manual_seed(1))
-    y_fast = langevin(fast, x, t, 10, generator=torch.Generator().manual_seed(1))
+    y = langevin(plain, x, t, 10, randn_like=from_generator(torch.Generator().manual_seed(1)))
+    y_fast = langevin(fast, x, t, 10, randn_like=from_generator(torch.Generator().manual_seed(1)))
     torch.testing.assert_close(y_fast, y, rtol=0, atol=reordered(1.0, 100))
     cfg = _cfg("wrn", iterations=5)
     a = torch.load(train(cfg, _data("wrn"), tmp_path / "plain", progress=False), weights_only=True)
@@ -218,17 +229,16 @@ def test_compiled_chain_matches_the_eager_chain(net):
     for training in (True, False):
         ebm.train(training)
         eager, comp = copy.deepcopy(ebm), copy.deepcopy(ebm)
-        eager.perf = perf.Perf(sn_power_iteration="per_iteration")
-        comp.perf = perf.Perf(sn_power_iteration="per_iteration", compile=True)
-        y = langevin(eager, x, t, 10, generator=torch.Generator().manual_seed(1))
-        y_comp = langevin(comp, x, t, 10, generator=torch.Generator().manual_seed(1))
+        eager.sn_power_iteration = comp.sn_power_iteration = "per_iteration"
+        y = langevin(eager, x, t, 10, randn_like=from_generator(torch.Generator().manual_seed(1)))
+        y_comp = _under(perf.Perf(compile=True), langevin, comp, x, t, 10,
+                        randn_like=from_generator(torch.Generator().manual_seed(1)))
         torch.testing.assert_close(y_comp, y, rtol=0, atol=1e-5)
         _same(_buffers(comp), _buffers(eager))   # one power iteration each (training), none in eval
     assert graphs() >= 1   # compiled indeed (past dynamo's recompile limit it would run eager silently)
-    ebm.train()
-    ebm.perf = perf.Perf(compile=True)
+    ebm.train()   # per_call
     with pytest.raises(ValueError, match="per_iteration"):
-        langevin(ebm, x, t, 2)
+        _under(perf.Perf(compile=True), langevin, ebm, x, t, 2)
 
 
 @pytest.mark.parametrize("net", ["mlp", "wrn"])
@@ -236,25 +246,28 @@ def test_compiled_hmc_and_ais_match_eager(net):
     """HMC (eq. 16 with its tether) and AIS transitions through the compiled energy and score, eval
     mode: the same acceptances and states as eager to 1e-5 (the Metropolis test sees f to rounding),
     and the compiled chain's f equals the eager energy."""
-    from drl.hmc import ais_levels, hmc
+    from drl.evaluate.ais import ais_levels
+    from drl.hmc import hmc
 
     graphs = _fresh_compile()
     torch.manual_seed(0)
     ebm = build_model(_cfg(net)).eval()
     x, t = _chain_inputs(ebm)
     eager, comp = copy.deepcopy(ebm), copy.deepcopy(ebm)
-    comp.perf = perf.Perf(compile=True)
+    plain, fast = perf.Perf(), perf.Perf(compile=True)
     y0 = x + 0.1 * torch.randn(x.shape, generator=torch.Generator().manual_seed(2))
-    runs = [hmc(m, y0, x, t, 0.05, 3, generator=torch.Generator().manual_seed(1)) for m in (eager, comp)]
+    runs = [_under(p, hmc, m, y0, x, t, 0.05, 3, generator=torch.Generator().manual_seed(1))
+            for m, p in ((eager, plain), (comp, fast))]
     torch.testing.assert_close(runs[1][1], runs[0][1], rtol=0, atol=1e-5)   # acceptance probabilities
     torch.testing.assert_close(runs[1][0], runs[0][0], rtol=0, atol=1e-5)
     assert 0 < runs[0][1].mean() < 1   # some proposals accepted, some not: the test sees the energies
-    ais = [list(ais_levels(m, 8, tuple(x.shape[1:]), 2, [0.05] * ebm.T, generator=torch.Generator().manual_seed(3)))
-           for m in (eager, comp)]
+    ais = [_under(p, lambda m: list(ais_levels(m, 8, tuple(x.shape[1:]), 2, [0.05] * ebm.T,
+                                                generator=torch.Generator().manual_seed(3))), m)
+           for m, p in ((eager, plain), (comp, fast))]
     for (xe, re), (xc, rc) in zip(*ais):
         torch.testing.assert_close(xc, xe, rtol=0, atol=1e-5)
         torch.testing.assert_close(rc, re, rtol=0, atol=1e-5, equal_nan=True)
-    with perf.chain_score(comp) as score:
+    with perf.execution(fast), perf.chain_score(comp) as score:
         f, _ = score(x, t, comp.time_context(t))
     torch.testing.assert_close(f, eager(x, t).detach(), rtol=1e-5, atol=1e-5)
     assert graphs() >= 2   # the HMC chains' shape and the AIS chains' shape
@@ -315,8 +328,8 @@ class TapeGraph:
 
 @pytest.mark.parametrize("net, training", [("mlp", False), ("wrn", False), ("wrn", True)])
 def test_graphed_chain_replays_the_eager_chain_bitwise(monkeypatch, net, training):
-    """The chain as ``run_steps`` drives a graph (warm-up, one capture, replays) gives the eager
-    chain's y bitwise, with drawn and supplied noise; for the WRN in training mode under per_call
+    """The chain with its score on a graph (``GraphedScore``: warm-up, one capture, replays) gives the
+    eager chain's y bitwise, with drawn and replayed noise; for the WRN in training mode under per_call
     the replayed power iterations leave the same u, v."""
     monkeypatch.setattr(perf, "CudaGraph", TapeGraph)
     torch.manual_seed(0)
@@ -324,9 +337,9 @@ def test_graphed_chain_replays_the_eager_chain_bitwise(monkeypatch, net, trainin
     x, t = _chain_inputs(ebm)
     for noise in (None, [torch.randn_like(x) for _ in range(5)]):
         eager, graphed = copy.deepcopy(ebm), copy.deepcopy(ebm)
-        graphed.perf = perf.Perf(cuda_graphs=True)
-        y = langevin(eager, x, t, 5, generator=torch.Generator().manual_seed(1), noise=noise)
-        y_graphed = langevin(graphed, x, t, 5, generator=torch.Generator().manual_seed(1), noise=noise)
+        source = lambda: from_generator(torch.Generator().manual_seed(1)) if noise is None else Replay(noise)
+        y = langevin(eager, x, t, 5, randn_like=source())
+        y_graphed = _under(perf.Perf(cuda_graphs=True), langevin, graphed, x, t, 5, randn_like=source())
         assert torch.equal(y_graphed, y)
         _same(_buffers(graphed), _buffers(eager))
 
@@ -350,8 +363,16 @@ def test_tape_graph_has_cuda_graph_semantics():
 
 def test_cuda_graphs_off_cuda_warn_and_are_ignored():
     with pytest.warns(UserWarning, match="ignored on cpu"):
-        ebm = perf.configure(build_model(_cfg("mlp")), {"cuda_graphs": True}, "cpu")
-    assert ebm.perf == perf.Perf()
+        p = perf.configure(build_model(_cfg("mlp")), {"cuda_graphs": True}, "cpu")
+    assert p == perf.Perf()
+
+
+def test_perf_holds_no_function_changing_setting():
+    """The spectral-norm schedule is the model's (energy.sn_power_iteration): under perf it is refused,
+    naming where it went (validation: tests/test_config.py); the model holds no perf or precision."""
+    with pytest.raises(ValueError, match="energy.sn_power_iteration"):
+        perf.configure(build_model(_cfg("mlp")), {"sn_power_iteration": "per_iteration"}, "cpu")
+    assert not any(hasattr(build_model(_cfg(net)), a) for net in ("mlp", "wrn") for a in ("perf", "precision"))
 
 
 # -- bf16 (train.precision) -----------------------------------------------------------------------
@@ -362,10 +383,10 @@ def test_bf16_langevin_update_is_fp32_arithmetic():
     evaluated in bf16 (so the check can fail)."""
     torch.manual_seed(0)
     ebm = perturbed(small_ebm())
-    ebm.precision = "bf16"
     x, t = _chain_inputs(ebm)
-    y = langevin(ebm, x, t, 1, generator=torch.Generator().manual_seed(1))
-    f, grad = ebm.score(x, t, ctx=ebm.time_context(t))
+    with perf.execution(precision="bf16"):
+        y = langevin(ebm, x, t, 1, randn_like=from_generator(torch.Generator().manual_seed(1)))
+        f, grad = ebm.score(x, t, ctx=ebm.time_context(t))
     assert y.dtype == f.dtype == grad.dtype == torch.float32
     eps = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
     delta, inv_var = ebm.per_level("delta", t, x), ebm.per_level("tether_inv_var", t, x)
@@ -383,9 +404,9 @@ def test_bf16_langevin_update_is_fp32_arithmetic():
 def test_schema_perf_section_is_strict():
     schema = yaml.safe_load(SCHEMA_PATH.read_text())
     validator = jsonschema.Draft202012Validator(schema["$defs"]["run"]["properties"]["perf"])
-    ok = {"sn_power_iteration": "per_iteration", "channels_last": True, "compile": False, "cuda_graphs": True}
+    ok = {"channels_last": True, "compile": False, "cuda_graphs": True}
     assert list(validator.iter_errors(ok)) == []
-    assert list(validator.iter_errors({"sn_power_iteration": "sometimes"}))
+    assert list(validator.iter_errors({"sn_power_iteration": "per_iteration"}))   # the model's, not perf's
     assert list(validator.iter_errors({"fast": True}))
     keys = set(schema["$defs"]["run"]["properties"]["perf"]["properties"])
     assert {f.name for f in dataclasses.fields(perf.Perf)} == keys

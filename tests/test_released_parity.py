@@ -5,7 +5,7 @@ tolerances come from).
 
 The network is run cifar10_t6_k30 of params.yaml with n_blocks 2, in training mode, from two initial
 u states: ``rand`` (random u, as the released code starts training) and ``conv`` (converged u).
-Under ``perf.sn_power_iteration: released`` drl makes the released code's network calls, so u and
+Under ``energy.sn_power_iteration: released`` drl makes the released code's network calls, so u and
 every result follow it in both states.  drl's default ``per_call`` matches with converged u only:
 with random u, how often u advances changes the results -- the reason ``released`` exists.
 """
@@ -24,6 +24,7 @@ from drl.config import load_params, run_config
 from drl.mcmc import langevin
 from drl.objectives import loss_given_negatives, loss_weights
 from drl.train import MODEL_KEYS, build_model
+from drl.noise import Replay, from_generator
 from test_wrn import perturbed, small_ebm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -143,7 +144,7 @@ _LOADED = {}
 
 def model(g: dict, mode: str):
     """Run cifar10_t6_k30 with n_blocks 2 and the fixture's weights, in training mode, under
-    ``perf.sn_power_iteration: mode`` (each computation sets u)."""
+    ``energy.sn_power_iteration: mode`` (each computation sets u)."""
     if "ebm" not in _LOADED:
         cfg = run_config(load_params(ROOT / "params.yaml"), RUN)
         model_cfg = copy.deepcopy({k: cfg[k] for k in MODEL_KEYS})
@@ -157,7 +158,7 @@ def model(g: dict, mode: str):
         assert [sn.bound_only for sn in spectral_norms(ebm, g)] == list(g["sn_lower_bound"])
         _LOADED["ebm"] = ebm
     ebm = copy.deepcopy(_LOADED["ebm"]).train()
-    ebm.perf = perf.Perf(sn_power_iteration=mode)
+    ebm.sn_power_iteration = mode
     return ebm
 
 
@@ -224,7 +225,7 @@ def drl_outputs(g: dict, state: str, mode: str, computations=ALL) -> dict:
         # One training iteration: the K = 30 chain, then the loss, u carried through.  The loss takes
         # TF's step negatives: drl's chain output differs from them by ~5e-5 (float32 rounding over 30
         # steps), which flips some ReLU slopes and moves parameter gradients by ~1e-2.
-        y = langevin(ebm, x_next, t, 30, noise=noise)
+        y = langevin(ebm, x_next, t, 30, randn_like=Replay(noise))
         out["langevin_K30_x"], out["u_after_langevin_K30"] = nhwc(y / a), get_u(ebm, g)
         out["power_iterations"]["langevin_K30"] = calls.copy()
         out.update(loss_outputs(ebm, g, a * x_pos, y_neg, t, step=True))
@@ -234,7 +235,7 @@ def drl_outputs(g: dict, state: str, mode: str, computations=ALL) -> dict:
     run("f", lambda: out.update(f=ebm(x, t).detach().numpy()))
     run("dfdx", lambda: out.update(dfdx=nhwc(ebm.score(x, t)[1])))
     run("dlogp_dy", lambda: out.update(dlogp_dy=nhwc(ebm.score(x, t)[1] + tether)))   # at y = x
-    run("langevin_K1", lambda: out.update(langevin_K1_x=nhwc(langevin(ebm, x_next, t, 1, noise=noise[:1]) / a)))
+    run("langevin_K1", lambda: out.update(langevin_K1_x=nhwc(langevin(ebm, x_next, t, 1, randn_like=Replay(noise[:1])) / a)))
     run("loss", lambda: out.update(loss_outputs(ebm, g, a * x_pos, y_neg, t)))
     run("step", step)
     return out
@@ -351,11 +352,11 @@ def test_released_is_per_call_in_eval_mode_and_refuses_compile():
     results = []
     for mode in ("per_call", "released"):
         ebm = copy.deepcopy(base)
-        ebm.perf = perf.Perf(sn_power_iteration=mode)
-        y = langevin(ebm, x_next, t, 3, generator=torch.Generator().manual_seed(1))
+        ebm.sn_power_iteration = mode
+        y = langevin(ebm, x_next, t, 3, randn_like=from_generator(torch.Generator().manual_seed(1)))
         results.append((y, loss_given_negatives(ebm, y_pos, y, t, "released")[0]))
     assert all(torch.equal(a, b) for a, b in zip(*results))
     ebm.train()
-    ebm.perf = perf.Perf(sn_power_iteration="released", compile=True)
-    with pytest.raises(ValueError, match="per_iteration"):
+    ebm.sn_power_iteration = "released"
+    with perf.execution(perf.Perf(compile=True)), pytest.raises(ValueError, match="per_iteration"):
         langevin(ebm, x_next, t, 2)

@@ -10,7 +10,8 @@ from drl.cli import main
 from drl.diffusion import linear_sigma2_schedule
 from drl.energy import ConditionalEBM
 from drl.interpolate import draw_noise, sample_with_noise
-from drl.sample import progressive_sample, sample_generators
+from drl.noise import from_generator, per_sample, sample_generators
+from drl.sample import progressive_sample
 from oracles import GaussianMixtureData, OracleNet, tiny_mlp_ebm, tiny_wrn_ebm
 from rounding import reordered
 
@@ -36,7 +37,7 @@ MODELS = [(_oracle_ebm, (2,), 0.0), (tiny_mlp_ebm, (2,), CHAIN_ATOL), (tiny_wrn_
 
 def _in_batches(ebm, shape, K, batch, keep_levels=True):
     """Samples 0..N-1 of seed SEED, drawn in consecutive batches of ``batch``: levels [T + 1, N, *shape]."""
-    parts = [torch.stack(progressive_sample(ebm, len(idx), shape, K, 0.9, sample_generators(SEED, idx),
+    parts = [torch.stack(progressive_sample(ebm, len(idx), shape, K, 0.9, per_sample(sample_generators(SEED, idx)),
                                             keep_levels=keep_levels))
              for idx in (range(s, min(s + batch, N)) for s in range(0, N, batch))]
     return torch.cat(parts, dim=1)
@@ -66,9 +67,9 @@ def test_sample_i_is_a_single_sample_draw_from_its_own_generator(make_ebm, shape
     for i in (0, 4, N - 1):
         seed = int(np.random.SeedSequence([SEED, i]).generate_state(1, np.uint64)[0])
         assert sample_generators(SEED, [i])[0].initial_seed() == seed
-        alone = progressive_sample(ebm, 1, shape, K, 0.9, torch.Generator().manual_seed(seed))[-1]
+        alone = progressive_sample(ebm, 1, shape, K, 0.9, from_generator(torch.Generator().manual_seed(seed)))[-1]
         torch.testing.assert_close(alone[0], whole[i], rtol=0, atol=atol)
-        noise = draw_noise(ebm, 1, shape, K, torch.Generator().manual_seed(seed))
+        noise = draw_noise(ebm, 1, shape, K, from_generator(torch.Generator().manual_seed(seed)))
         torch.testing.assert_close(sample_with_noise(ebm, noise, K, 0.9)[0], whole[i], rtol=0, atol=atol)
 
 
@@ -78,13 +79,13 @@ def test_different_indices_and_seeds_give_different_samples(K):
     levels = _in_batches(ebm, (2,), K, N)
     for x in levels:  # x_T and every level: no two samples alike
         assert len(torch.unique(x, dim=0)) == N
-    other = progressive_sample(ebm, N, (2,), K, 0.9, sample_generators(SEED + 1, range(N)))[-1]
+    other = progressive_sample(ebm, N, (2,), K, 0.9, per_sample(sample_generators(SEED + 1, range(N))))[-1]
     assert not torch.isclose(other, levels[-1]).all(dim=1).any()
 
 
 def test_per_sample_generators_must_match_the_batch():
-    with pytest.raises(ValueError, match="3 per-sample generators for 4 samples"):
-        progressive_sample(tiny_mlp_ebm(), 4, (2,), 3, generator=sample_generators(0, range(3)))
+    with pytest.raises(ValueError, match="3 per-sample generators for a batch of 4"):
+        progressive_sample(tiny_mlp_ebm(), 4, (2,), 3, randn_like=per_sample(sample_generators(0, range(3))))
 
 
 # ------------------------------------------------------------------------------------ drl sample

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+from pathlib import Path
 
 from drl.report.tables import MEASURED, QUOTED, table_rows, to_csv, to_markdown
 
@@ -12,7 +14,7 @@ TABLE = {"title": "T", "columns": ["fid", "is_mean"],
 
 
 def test_rows_put_ours_beside_the_paper_and_say_where_each_number_comes_from():
-    rows = table_rows(TABLE, lambda run: {"fid": 12.5, "is_mean": 7.0, "extractor": "inception"})
+    rows = table_rows(TABLE, lambda run: {"fid": 12.5, "is_mean": 7.0}, extractor_of=lambda run: "inception")
     assert rows[0]["source"] == QUOTED and rows[0]["fid"] == "" and rows[0]["fid_paper"] == 21.7
     assert rows[1]["source"] == MEASURED and rows[1]["fid"] == 12.5 and rows[1]["fid_paper"] == 9.6
     assert rows[1]["is_mean_paper"] == "" and rows[1]["extractor"] == "inception"
@@ -27,6 +29,21 @@ def test_only_rows_with_a_run_read_metrics():
     seen = []
     table_rows(TABLE, lambda run: seen.append(run) or {})
     assert seen == ["r1"]
+
+
+def numbers_only(metrics) -> bool:
+    """Whether a metrics JSON holds numbers (null: none) and dicts of them only, as DVC shows them."""
+    if isinstance(metrics, dict):
+        return all(numbers_only(v) for v in metrics.values())
+    return metrics is None or isinstance(metrics, (int, float)) and not isinstance(metrics, bool)
+
+
+def test_committed_metrics_hold_numbers_only():
+    """Every committed metrics file (each evaluate section: quadrature, fidelity, long-run chains,
+    partition by both methods) holds numbers only; descriptions are in the provenance file."""
+    files = sorted((Path(__file__).resolve().parents[1] / "results").glob("*/metrics/*.json"))
+    assert files and not [f.name for f in files if not numbers_only(json.loads(f.read_text()))]
+    assert not numbers_only({"fid": 1.0, "long_run": {"1": {"extractor": "x"}}}) and not numbers_only({"c": [1]})
 
 
 def test_image_grid_layout():

@@ -6,6 +6,7 @@ import torch
 from drl.data.toy2d import get_toy
 from drl.sample import progressive_sample
 from drl.train import DivergenceError, load_model, train
+from drl.noise import from_generator
 
 
 def tiny_cfg(**train_overrides):
@@ -82,7 +83,7 @@ def test_checkpoint_alone_rebuilds_the_model_for_sampling(tmp_path, data):
     path = train(tiny_cfg(), data, tmp_path, progress=False)
     ebm, ckpt = load_model(path)
     assert ckpt["iteration"] == 20 and ebm.T == 3
-    levels = progressive_sample(ebm, 50, (2,), K=3, generator=torch.Generator().manual_seed(0))
+    levels = progressive_sample(ebm, 50, (2,), K=3, randn_like=from_generator(torch.Generator().manual_seed(0)))
     assert len(levels) == 4 and all(x.shape == (50, 2) and torch.isfinite(x).all() for x in levels)
     # EMA and live weights differ, and both are stored
     assert any(not torch.equal(ckpt["ema"][k], ckpt["model"][k]) for k in ckpt["model"])

@@ -5,6 +5,7 @@ import torch
 
 from drl.diffusion import diffused_pair, linear_sigma2_schedule
 from drl.energy import ConditionalEBM
+from drl.noise import from_generator
 from drl.objectives import dsm_loss, recovery_likelihood_loss
 from oracles import GaussianMixtureData, QuadraticNet
 
@@ -23,7 +24,7 @@ def _fit(ebm, data, objective, iters, K=0, lr=0.05, batch=1024, seed=0):
         if objective == "dsm":
             loss, _ = dsm_loss(ebm, y, xn, t)
         else:
-            loss, _ = recovery_likelihood_loss(ebm, y, xn, t, K, "uniform", 1.0, g)
+            loss, _ = recovery_likelihood_loss(ebm, y, xn, t, K, "uniform", 1.0, from_generator(g))
         opt.zero_grad()
         loss.mean().backward()
         opt.step()

@@ -48,10 +48,10 @@ class SpectralNorm(nn.Module):
     In training mode every evaluation of the weight first runs ``n_power_iterations`` power
     iterations, as the released code does on every call -- so also at each Langevin step of the
     training sampler.  How many evaluations one training iteration makes is set by
-    ``perf.sn_power_iteration`` (drl/perf.py): ``per_call`` (default), one power iteration per
+    ``energy.sn_power_iteration`` (drl/power_iteration.py): ``per_call`` (default), one power iteration per
     weight evaluation with drl's own call structure (time embedding once per chain, K score
     evaluations, pos and neg batched); ``released``, the released code's call structure exactly
-    (K + 3 per layer); ``per_iteration``, one (``drl.perf.fixed_weights``).  In eval mode u, v are
+    (K + 3 per layer); ``per_iteration``, one (``drl.power_iteration.fixed_weights``).  In eval mode u, v are
     frozen (PyTorch's convention; the EMA copy reads the trained buffers).  Unlike the released code
     (random u, no warm-up) u, v get 15 warm-up iterations at construction, as in
     ``torch.nn.utils.parametrizations.spectral_norm``.

@@ -30,7 +30,8 @@ def flatten(metrics: dict, prefix: str = "") -> dict[str, float]:
 
 
 def _reported(key: str) -> bool:
-    return not (key.endswith(AUXILIARY) or key.rsplit(".", 1)[-1].startswith("n_") or key.endswith("iterations"))
+    return not (key.endswith(AUXILIARY) or key.rsplit(".", 1)[-1].startswith("n_")
+                or key.endswith(("iterations", "iteration")))
 
 
 def compare(old: dict, new: dict, z: float = 2.0) -> list[dict]:
@@ -80,8 +81,8 @@ def provenance_path(metrics_path: str | Path) -> Path:
 
 def divergence_notes(old: dict, new: dict) -> list[str]:
     """A run whose training diverged has null metrics: say so instead of comparing nothing."""
-    return [f"{which} run DIVERGED at iteration {m['diverged'].get('iteration')}: its metrics are null"
-            for which, m in (("the old", old), ("the new", new)) if m.get("diverged")]
+    return [f"{which} run DIVERGED at iteration {m['diverged_iteration']}: its metrics are null"
+            for which, m in (("the old", old), ("the new", new)) if m.get("diverged_iteration") is not None]
 
 
 def render(rows: list[dict], notes: list[str], z: float) -> str:

@@ -12,10 +12,11 @@ from pathlib import Path
 MEASURED, QUOTED = "measured", "quoted from the paper"
 
 
-def table_rows(table: dict, metrics_of_run, seeds_of=lambda run: [run]) -> list[dict]:
+def table_rows(table: dict, metrics_of_run, seeds_of=lambda run: [run], extractor_of=lambda run: "") -> list[dict]:
     """One dict per row of ``table`` (a ``tables`` entry); ``metrics_of_run(run)`` returns that run's
-    metrics dict (``select: long_run.<k>`` reads its chains of k steps per level instead), and
-    ``seeds_of(run)`` the runs that train its configuration, one per training seed.
+    metrics dict (``select: long_run.<k>`` reads its chains of k steps per level instead),
+    ``seeds_of(run)`` the runs that train its configuration, one per training seed, and
+    ``extractor_of(run)`` the name of the extractor its FID/IS use ("" for none).
 
     Columns: section, label, source, run, extractor, n_seeds, then per metric <metric>, <metric>_se,
     <metric>_sd_seeds and <metric>_paper.  One seed: the run's value and its own standard error (over
@@ -25,12 +26,13 @@ def table_rows(table: dict, metrics_of_run, seeds_of=lambda run: [run]) -> list[
     rows = []
     for row in table["rows"]:
         ms = [metrics_of_run(r) for r in seeds_of(row["run"])] if "run" in row else [{}]
-        diverged = any(m.get("diverged") for m in ms)
+        diverged = any(m.get("diverged_iteration") is not None for m in ms)
         if "select" in row:
             ms = [m["long_run"][row["select"].split(".")[1]] for m in ms]
         out = {"section": row.get("section", ""), "label": row["label"],
                "source": MEASURED if "run" in row else QUOTED, "run": row.get("run", ""),
-               "extractor": ms[0].get("extractor", ""), "n_seeds": len(ms) if "run" in row else ""}
+               "extractor": extractor_of(row["run"]) if "run" in row else "",
+               "n_seeds": len(ms) if "run" in row else ""}
         for col in table["columns"]:
             values = [m.get(col) for m in ms]
             out[col] = out[f"{col}_se"] = out[f"{col}_sd_seeds"] = ""

@@ -34,12 +34,13 @@ def device(name: str = "auto") -> str:
 
 
 def trained_model(cfg: dict, run: str, device: str = "cpu"):
-    """The run's trained EBM (EMA weights) on ``device``, with its ``perf`` switches applied."""
+    """The run's trained EBM (EMA weights) on ``device``, its checkpoint, and the run's ``perf``
+    switches (channels-last applied to the model; the others for ``drl.perf.execution``)."""
     from drl import perf
     from drl.model import load_model
 
     ebm, ckpt = load_model(require(paths.run_dir(cfg["group"], run) / "model.pt", f"drl train --run {run}"))
-    return perf.configure(ebm.to(device), cfg.get("perf"), device), ckpt
+    return ebm.to(device), ckpt, perf.configure(ebm, cfg.get("perf"), device)
 
 
 def samples(cfg: dict, run: str) -> np.ndarray:

@@ -14,29 +14,34 @@ from drl.stages.common import device, long_run_chains, prepared, require, sample
 
 
 def evaluate(params: dict, args) -> None:
+    """The run's metrics JSON holds numbers only (null: none); what describes them (the extractor, the
+    FID reference, the log Z method and curve, a divergence's record) goes to its provenance file."""
     cfg = run_config(params, args.run)
     dev = device(args.device)
-    ebm, ckpt = trained_model(cfg, args.run, dev)
-    metrics = {"iterations": ckpt["iteration"]}
+    ebm, ckpt, fast = trained_model(cfg, args.run, dev)
+    metrics, details = {"iterations": ckpt["iteration"]}, {}
     if ckpt.get("diverged"):  # the divergence instead of numbers (tables show "diverged")
         nothing = dict.fromkeys(metrics_of(cfg["evaluate"]))
         long_run = {"long_run": {str(k): dict.fromkeys(LONG_RUN_METRICS)
                                  for k in cfg["long_run"]["steps_per_level"]}} if "long_run" in cfg else {}
         write_json(paths.metrics_file(cfg["group"], args.run),
-                   {"run": args.run, **metrics, **nothing, **long_run, "diverged": ckpt["diverged"]})
-        _write_provenance(cfg, args.run, dev, {})
+                   {**metrics, **nothing, **long_run, "diverged_iteration": ckpt["diverged"]["iteration"]})
+        _write_provenance(cfg, args.run, dev, {"diverged": ckpt["diverged"]})
         print(f"{args.run}: diverged at iteration {ckpt['diverged']['iteration']}; metrics record the divergence")
         return
     if "quadrature" in cfg["evaluate"]:
         metrics.update(_quadrature_metrics(params, cfg, ebm))
     if "fidelity" in cfg["evaluate"]:
-        metrics.update(_fidelity_metrics(params, cfg, samples(cfg, args.run), dev))
+        metrics.update(_fidelity_metrics(params, cfg, samples(cfg, args.run), dev, details))
     if "long_run" in cfg:
-        metrics.update(_long_run_metrics(params, cfg, args.run, dev))
+        metrics.update(_long_run_metrics(params, cfg, args.run, dev, details))
     if "partition" in cfg["evaluate"]:
-        metrics.update(_partition_metrics(cfg, ebm, dev))
-    write_json(paths.metrics_file(cfg["group"], args.run), {"run": args.run, **metrics})
-    _write_provenance(cfg, args.run, dev, metrics)
+        from drl import perf
+
+        with perf.execution(fast, device=dev):   # the run's perf switches around the AIS / progressive chains
+            metrics.update(_partition_metrics(cfg, ebm, dev, details))
+    write_json(paths.metrics_file(cfg["group"], args.run), metrics)
+    _write_provenance(cfg, args.run, dev, details)
     print(f"{args.run}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float))))
 
 
@@ -57,9 +62,10 @@ def _quadrature_metrics(params: dict, cfg: dict, ebm) -> dict:
     return metrics
 
 
-def _fidelity_metrics(params: dict, cfg: dict, images: np.ndarray, device: str) -> dict:
+def _fidelity_metrics(params: dict, cfg: dict, images: np.ndarray, device: str, details: dict) -> dict:
     """FID/IS of uint8 images against the run's reference statistics, with the run's extractor, and
-    their standard errors over sample sets (``bootstrap`` half-samples)."""
+    their standard errors over sample sets (``bootstrap`` half-samples); the extractor and the
+    reference go to ``details``."""
     from drl.evaluate.fidelity import fid_is, load_reference_statistics
 
     e = cfg["evaluate"]["fidelity"]
@@ -69,36 +75,38 @@ def _fidelity_metrics(params: dict, cfg: dict, images: np.ndarray, device: str) 
     out = fid_is(images, load_reference_statistics(ref), params["extractors"][e["extractor"]],
                  e.get("is_splits", 10), e.get("batch_size", 64), device, e.get("bootstrap", 200),
                  key=f"extractors.{e['extractor']}")
-    return {**out, "extractor": e["extractor"], "extractor_description": out["extractor"],
-            "reference": f"{cfg['dataset']}/{split}"}
+    desc = out.pop("extractor")
+    details.update(extractor={**desc, "name": e["extractor"], "feature_extractor": desc["name"]},
+                   reference=f"{cfg['dataset']}/{split}")
+    return out
 
 
-def _long_run_metrics(params: dict, cfg: dict, run: str, device: str) -> dict:
+def _long_run_metrics(params: dict, cfg: dict, run: str, device: str, details: dict) -> dict:
     """Per chain length k: FID/IS of its x_0, its log Z_0 estimate (eq. 36) and mean HMC acceptance."""
-    from drl.evaluate.fidelity import FIDELITY_FIELDS
     from drl.evaluate.long_run import combine
 
     chains = long_run_chains(cfg, run)
     out = {}
     for k in chains["steps_per_level"]:
-        fid = _fidelity_metrics(params, cfg, chains[f"samples_{k}"], device)
         est = combine(chains, int(k))
         acc = chains[f"acceptance_{k}"]
-        out[str(k)] = {**{m: fid[m] for m in FIDELITY_FIELDS if m in fid},
-                       "extractor": fid["extractor"], "log_z_ais": est["log_z0"], "log_z_ais_se": est["se"],
+        out[str(k)] = {**_fidelity_metrics(params, cfg, chains[f"samples_{k}"], device, details),
+                       "log_z_ais": est["log_z0"], "log_z_ais_se": est["se"],
                        "acceptance_mean": None if np.isnan(acc).all() else float(np.nanmean(acc))}
     return {"long_run": out}
 
 
-def _partition_metrics(cfg: dict, ebm, device: str) -> dict:
+def _partition_metrics(cfg: dict, ebm, device: str, details: dict) -> dict:
     """log Z_0 and the normalised test log-density; bits/dim for 8-bit images.  ``transitions``:
     "progressive" (App. A.4, eqs. 33-36, along the run's progressive samples) or "ais_hmc" (Neal's
-    2001 annealed importance sampling with HMC on each level's marginal), recorded as log_z_ais_method."""
+    2001 annealed importance sampling with HMC on each level's marginal), recorded in ``details`` as
+    log_z_ais_method with the estimate's curve (and for ais_hmc each level's step size and acceptance)."""
     import torch
 
     from drl.data.pixels import is_image_array, to_model_space
-    from drl.evaluate.partition import (bits_per_dim, estimate_log_z, estimate_log_z_ais, mean_log_likelihood_se,
-                                        test_log_likelihood)
+    from drl.evaluate.ais import estimate_log_z_ais
+    from drl.evaluate.likelihood import bits_per_dim, mean_log_likelihood_se, test_log_likelihood
+    from drl.evaluate.partition import estimate_log_z
 
     e = cfg["evaluate"]["partition"]
     ebm.to(device)
@@ -116,11 +124,11 @@ def _partition_metrics(cfg: dict, ebm, device: str) -> dict:
     ll_se = mean_log_likelihood_se(log_p, est["se"])
     out = {"log_z_ais": est["log_z0"], "log_z_ais_se": est["se"], "test_ll_ais_nats": float(log_p.mean()),
            "test_ll_ais_nats_se": ll_se,
-           "log_z_ais_curve": est["curve"], "log_z_ais_min_ess_fraction": min(lv["ess_fraction"] for lv in est["per_level"]),
-           "log_z_ais_method": method}
+           "log_z_ais_min_ess_fraction": min(lv["ess_fraction"] for lv in est["per_level"])}
+    details.update(log_z_ais_method=method, log_z_ais_curve=est["curve"])
     if method == "ais_hmc":  # per level t = 0..T-1; level 0's transitions are never run (no acceptance)
-        out["log_z_ais_hmc_step_size"] = est["step_size"]
-        out["log_z_ais_hmc_acceptance"] = [None if np.isnan(a) else a for a in est["acceptance"]]
+        details.update(log_z_ais_hmc_step_size=est["step_size"],
+                       log_z_ais_hmc_acceptance=[None if np.isnan(a) else a for a in est["acceptance"]])
     if is_image_array(raw):
         dim = int(np.prod(test.shape[1:]))
         out["test_bpd"] = float(bits_per_dim(log_p, dim).mean())
@@ -128,20 +136,17 @@ def _partition_metrics(cfg: dict, ebm, device: str) -> dict:
     return out
 
 
-def _write_provenance(cfg: dict, run: str, device: str, metrics: dict) -> None:
+def _write_provenance(cfg: dict, run: str, device: str, details: dict) -> None:
     """Beside the metrics: the machine this evaluation ran on, the one that trained the model (from
-    its config.json), and the sha256 of the extractor file the metrics were computed with."""
+    its config.json), and ``details`` (the extractor with its file's sha256, the reference, ...)."""
     import json
 
     from drl.provenance import machine
 
     trained = paths.run_dir(cfg["group"], run) / "config.json"
-    out = {"run": run, "evaluated_on": machine(device),
-           "trained_on": json.loads(trained.read_text()).get("machine") if trained.exists() else None}
-    if "extractor_description" in metrics:
-        d = metrics["extractor_description"]
-        out["extractor"] = {"name": metrics["extractor"], "file": d["file"], "sha256": d["sha256"]}
-    write_json(paths.provenance_file(cfg["group"], run), out)
+    write_json(paths.provenance_file(cfg["group"], run),
+               {"run": run, "evaluated_on": machine(device),
+                "trained_on": json.loads(trained.read_text()).get("machine") if trained.exists() else None, **details})
 
 
 def refstats(params: dict, args) -> None:

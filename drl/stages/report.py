@@ -27,13 +27,13 @@ def figure(params: dict, args) -> None:
     loaded = []
     for r in fig_cfg["runs"]:
         cfg = run_config(params, r)
-        ebm = None if fig_cfg["kind"] == "samples" else trained_model(cfg, r)[0]
+        ebm, _, fast = (None, None, None) if fig_cfg["kind"] == "samples" else trained_model(cfg, r)
         if fig_cfg["kind"] == "interpolation":
-            loaded.append((r, cfg, ebm, None))
+            loaded.append((r, cfg, ebm, fast))
             continue
         loaded.append((r, cfg, ebm, samples(cfg, r)))
     if fig_cfg["kind"] == "interpolation":
-        fig = interpolation_figure([row for _, cfg, ebm, _ in loaded for row in _interpolations(cfg, ebm, fig_cfg)])
+        fig = interpolation_figure([row for _, cfg, ebm, fast in loaded for row in _interpolations(cfg, ebm, fast, fig_cfg)])
         savefig(paths.figure_file(fig_cfg["group"], args.figure), fig)
         return
     if fig_cfg["kind"] == "samples":
@@ -50,17 +50,19 @@ def figure(params: dict, args) -> None:
     savefig(paths.figure_file(fig_cfg["group"], args.figure), fig)
 
 
-def _interpolations(cfg: dict, ebm, fig_cfg: dict) -> list[np.ndarray]:
+def _interpolations(cfg: dict, ebm, fast, fig_cfg: dict) -> list[np.ndarray]:
     """One row per pair of seeds: slerp of the initial and every Langevin noise (Sec. 4.1, Fig. 5),
     sampled with the run's evaluation sampler settings."""
+    from drl import perf
     from drl.data.pixels import to_uint8
     from drl.interpolate import interpolate_seeds
 
     s, seed = cfg["sample"], fig_cfg.get("seed", 0)
     shape = sample_shape(cfg["energy"]["net"])
-    return [to_uint8(interpolate_seeds(ebm, shape, s["K"], (seed + 2 * i, seed + 2 * i + 1), fig_cfg.get("points", 8),
-                                       s["noise_scale"]))
-            for i in range(fig_cfg.get("rows", 4))]
+    with perf.execution(fast):
+        return [to_uint8(interpolate_seeds(ebm, shape, s["K"], (seed + 2 * i, seed + 2 * i + 1),
+                                           fig_cfg.get("points", 8), s["noise_scale"]))
+                for i in range(fig_cfg.get("rows", 4))]
 
 
 def _long_run_figure(kind: str, run: str, cfg: dict, n: int):
@@ -89,7 +91,8 @@ def table(params: dict, args) -> None:
         group = params["runs"][run]["group"]
         return load_metrics(require(paths.metrics_file(group, run), f"drl evaluate --run {run}"))
 
-    rows = table_rows(table, metrics_of_run, lambda run: seed_runs(params, run))
+    rows = table_rows(table, metrics_of_run, lambda run: seed_runs(params, run),
+                      lambda run: params["runs"][run]["evaluate"].get("fidelity", {}).get("extractor", ""))
     write_text(table["output"], to_csv(rows))
     write_text(paths.table_markdown(table["output"]), to_markdown(table["title"], table["columns"], rows))
     print(f"wrote {table['output']} ({len(rows)} rows)")
