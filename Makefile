@@ -42,9 +42,11 @@ test-all: $(STAMP)
 clean-demo:
 	rm -rf results/demo/runs data/prepared logs .snakemake
 
-# make bench: the benchmark harness (bench/run.py): this machine's matmul / 3x3-conv ceiling, then
-# the DRL workloads' FLOP/s as a fraction of it (MFU); writes bench/latest.json and appends a dated row
-# to bench/RESULTS.md.  Options through BENCH_ARGS, e.g. BENCH_ARGS="--quick" or "--workloads toy_mlp".
+# make bench: the benchmark's one entry point (python -m bench.run): this machine's matmul / 3x3-conv
+# ceiling, then the DRL workloads' FLOP/s as a fraction of it (MFU, FLOPs by FlopCounterMode); appends a
+# dated row per variant to bench/RESULTS.md.  Options through BENCH_ARGS, e.g. BENCH_ARGS="--quick",
+# "--workloads toy_mlp", "--ddp" (DDP weak scaling), "--kernels" (where an iteration's time goes) or
+# "--check OUT" (the GPU check that bench/gpu_check.sh runs).
 .PHONY: bench
 bench: $(STAMP)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)

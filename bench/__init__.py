@@ -1,3 +1,2 @@
-"""Benchmark harness: this machine's matmul/conv ceiling, then the DRL workloads as model
-FLOP utilisation (MFU) of that ceiling.  ``python -m bench.run`` (``make bench``) and
-``bench/gpu_check.sh``; numbers land in ``bench/latest.json`` and ``bench/RESULTS.md``."""
+"""Benchmark harness: this machine's matmul/conv ceiling, the DRL workloads as model FLOP utilisation
+(MFU) of it, and the GPU check; one entry point, ``python -m bench.run`` (``make bench``)."""

@@ -1,142 +1,63 @@
-"""Where a training iteration's time goes: the FLOP-bearing kernels (matrix products and convolutions,
-with their gradients) against everything between them, from torch.profiler over the last of a few
-iterations of ``drl.train.train`` (CPU).
-
-    python -m bench.kernels                                    # the demo networks and cifar10_n2_b16, optimised
-    python -m bench.kernels --workloads toy_mlp --variant as_given --out /tmp/k
-
-Per workload: the iteration's wall time (from the end of one optimizer step to the end of the next),
-the time inside the FLOP kernels (outermost ``aten::mm``/``addmm``/convolution calls, children
-included), their share of the iteration, the kernels' own rate (counted FLOPs / kernel seconds) and
-that rate over the machine's ceiling (``kernel_mfu``): the MFU the iteration would reach if nothing
-but the kernels took time.  MFU = kernel_mfu x share, so the pair says what stands in the way: small,
-slow kernels (kernel_mfu) or the work between them (share), whose largest items (by self time: operators,
-compiled graphs' fused kernels, guards, the optimizer's Python) are listed.
-The profiler adds a few microseconds per operation, so the share is a slight underestimate for
-networks of many small operations.  Writes ``OUT/kernels.json`` (atomically).
-"""
+"""Where a CPU training iteration's time goes (``python -m bench.run --kernels``): torch.profiler over the
+last of a few iterations of ``drl.train.train``; the outermost FLOP-bearing kernels' time (children
+included) over the iteration's (one optimizer step's end to the next) is ``share``; the kernels' own
+rate over the ceiling, ``kernel_mfu``, the MFU with nothing between them (MFU = kernel_mfu x share)."""
 from __future__ import annotations
 
-import argparse
 import tempfile
 from collections import Counter
-from pathlib import Path
 
+import torch
 from torch.profiler import ProfilerActivity, profile
 
-from bench import ceiling as ceil
-from bench import record
-from bench.variants import apply, variants
-from bench.workloads import (WORKLOADS, _scaled, count_train_flops, fresh_compile_caches, run_config, scale_for,
-                             synthetic_data)
-from drl.config import load_params
-from drl.io import write_json
+from bench.ceiling import rates
+from bench.workloads import WORKLOADS, apply, count_train_flops, run_config, scaled, synthetic_data, variants
 from drl.train import train
 
-ROOT = Path(__file__).resolve().parents[1]
-# The operators that carry the counted FLOPs (bench/flops.py counts matrix products and convolutions).
 KERNELS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::convolution",
            "aten::convolution_backward", "aten::mkldnn_convolution", "aten::_convolution"}
-DEFAULT = ("toy_mlp", "digits_wrn", "digits_mlp", "cifar10_n2_b16")
 
 
-def _outermost_kernel(e) -> bool:
-    if e.name not in KERNELS:
-        return False
-    p = e.cpu_parent
-    while p is not None:
-        if p.name in KERNELS:
-            return False
-        p = p.cpu_parent
-    return True
+def _ancestors(e):
+    while (e := e.cpu_parent) is not None:
+        yield e
 
 
 def breakdown(events, top: int = 6) -> dict:
-    """Seconds of the last iteration (between the last two optimizer steps' ends) and of the outermost
-    FLOP kernels started in it, with the largest other operators by self time."""
-    steps = sorted((e for e in events if e.name.startswith("Optimizer.step#")), key=lambda e: e.time_range.end)
+    """The last iteration (between the last two optimizer steps' ends): its seconds, the outermost
+    kernels' seconds and count, and the largest other operators by self time."""
+    steps = sorted((e.time_range.end for e in events if e.name.startswith("Optimizer.step#")))
     if len(steps) < 2:
         raise ValueError("bench.kernels: the profile holds fewer than two optimizer steps; run >= 2 iterations")
-    lo, hi = steps[-2].time_range.end, steps[-1].time_range.end
-    inside = [e for e in events if lo <= e.time_range.start < hi]
-    kernels = [e for e in inside if _outermost_kernel(e)]
-    kernel_ids = {id(e) for e in kernels}
-
-    def under_kernel(e) -> bool:
-        p = e
-        while p is not None:
-            if id(p) in kernel_ids:
-                return True
-            p = p.cpu_parent
-        return False
-
-    others = Counter()
-    for e in inside:
-        if not under_kernel(e):   # operators, compiled graphs' own kernels, dynamo's guards, the optimizer
+    inside = [e for e in events if steps[-2] <= e.time_range.start < steps[-1]]
+    kernels = [e for e in inside if e.name in KERNELS and not any(p.name in KERNELS for p in _ancestors(e))]
+    ids, others = {id(e) for e in kernels}, Counter()
+    for e in inside:   # operators, compiled graphs' own kernels, dynamo's guards, the optimizer
+        if id(e) not in ids and not any(id(p) in ids for p in _ancestors(e)):
             others[e.name] += e.self_cpu_time_total
-    return {"iteration_seconds": (hi - lo) / 1e6, "kernel_seconds": sum(e.cpu_time_total for e in kernels) / 1e6,
-            "kernel_calls": len(kernels),
+    return {"iteration_seconds": (steps[-1] - steps[-2]) / 1e6, "kernel_calls": len(kernels),
+            "kernel_seconds": sum(e.cpu_time_total for e in kernels) / 1e6,
             "others": [{"op": k, "seconds": v / 1e6} for k, v in others.most_common(top)]}
 
 
-def measure(cfg: dict, B: int, K: int, device: str, warmup: int) -> dict:
-    cfg = _scaled(cfg, B, K, warmup + 2)
-    data = synthetic_data(cfg, max(256, 4 * B))
-    fresh_compile_caches()
-    with tempfile.TemporaryDirectory() as d:
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            train(cfg, data, d, device=device, progress=False)
-    out = breakdown(prof.events())
-    flops, how = count_train_flops(cfg, data, device)
-    it, ks = out["iteration_seconds"], out["kernel_seconds"]
-    out.update(B=B, K=K, flops=flops, counted_by=how, share=ks / it, kernel_flops_per_s=flops / ks)
-    return out
-
-
-def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(prog="python -m bench.kernels", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--workloads", default=",".join(DEFAULT), help=f"comma-separated subset of {sorted(WORKLOADS)}")
-    ap.add_argument("--variant", default="optimised", help="as_given, plain or optimised (bench/variants.py)")
-    ap.add_argument("--quick", action="store_true", help="the quick scale's sizes (a smoke run)")
-    ap.add_argument("--params", default=str(ROOT / "params.yaml"))
-    ap.add_argument("--out", default=str(ROOT / "bench"))
-    args = ap.parse_args(argv)
-    names = [n.strip() for n in args.workloads.split(",") if n.strip()]
-    unknown = [n for n in names if n not in WORKLOADS]
-    if unknown:
-        raise SystemExit(f"bench.kernels: unknown workload(s) {unknown}; known: {sorted(WORKLOADS)}")
-    device, scale = "cpu", "quick" if args.quick else "cpu"
-    if args.variant not in variants(device):
-        raise SystemExit(f"bench.kernels: unknown variant {args.variant!r}; use one of {sorted(variants(device))}")
-    params = load_params(args.params)
-    # the ceiling: the best of a measurement now and one at the end (as bench.run takes the best it sees)
-    ceiling = ceil.measure(scale, device)["best_flops_per_s"]
-    result = {"schema": 1, "machine": record.machine(device), "variant": args.variant, "scale": scale,
-              "load_start": record.loadavg(), "workloads": {}}
-    print(f"bench.kernels: {result['machine']['text']}; variant {args.variant}; load {result['load_start']}", flush=True)
+def run(params: dict, names: list[str], variant: str, scale: str) -> dict:
+    """Profile each workload's training iteration (``variant``; absent for a workload: as given)."""
+    ceiling, out = rates(scale)["best"], {}
     for name in names:
-        w = WORKLOADS[name]
-        cfg = run_config(params, w)
-        cfg = apply(cfg, variants(device, cfg).get(args.variant))   # absent: the variant runs as the config as given
-        sc = scale_for(w, scale, cfg)
-        B, K = sc.train
-        r = measure(cfg, B, cfg["sampler"]["K"] if K is None else K, device, sc.warmup)
-        result["workloads"][name] = r
-    ceiling = max(ceiling, ceil.measure(scale, device)["best_flops_per_s"])
-    result.update(ceiling=ceiling, load_end=record.loadavg())
-    print(f"ceiling {ceiling / 1e9:.0f} GFLOP/s; load at the end {result['load_end']}")
-    for name, r in result["workloads"].items():
-        r.update(mfu=r["flops"] / r["iteration_seconds"] / ceiling, kernel_mfu=r["kernel_flops_per_s"] / ceiling)
+        cfg, (B, K), warmup = run_config(params, name), WORKLOADS[name][scale]["train"], WORKLOADS[name][scale]["warmup"]
+        cfg = scaled(apply(cfg, variants("cpu", cfg).get(variant)), B, K or cfg["sampler"]["K"], warmup + 4)
+        data = synthetic_data(cfg, max(256, 4 * B))
+        torch._dynamo.reset()
+        with tempfile.TemporaryDirectory() as d, profile(activities=[ProfilerActivity.CPU]) as prof:
+            train(cfg, data, d, progress=False)
+        out[name] = {**breakdown(prof.events()), "B": B, "K": cfg["sampler"]["K"], "flops": count_train_flops(cfg, data, "cpu")}
+    ceiling = max(ceiling, rates(scale)["best"])
+    print(f"ceiling {ceiling / 1e9:.0f} GFLOP/s")
+    for name, r in out.items():
+        r.update(share=r["kernel_seconds"] / r["iteration_seconds"], mfu=r["flops"] / r["iteration_seconds"] / ceiling,
+                 kernel_mfu=r["flops"] / r["kernel_seconds"] / ceiling)
         rest = ", ".join(f"{o['op'].removeprefix('aten::')[:40]} {o['seconds'] * 1e3:.1f} ms" for o in r["others"][:4])
         print(f"{name:<16} B={r['B']:<4} K={r['K']:<3} iteration {r['iteration_seconds'] * 1e3:9.1f} ms  kernels "
               f"{r['kernel_seconds'] * 1e3:9.1f} ms (share {r['share']:.2f}, kernel MFU {r['kernel_mfu']:.2f})  "
               f"MFU {r['mfu']:.2f} under the profiler; largest other: {rest}", flush=True)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "kernels.json", result)
-    print(f"bench.kernels: wrote {out / 'kernels.json'}")
-    return result
-
-
-if __name__ == "__main__":
-    main()
+    return out

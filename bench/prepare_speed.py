@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -15,24 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-
-def make_folder(root: Path, n: int, size: int) -> None:
-    """Smooth gradients plus noise: JPEG sizes (a few KB) like photographs at this size."""
-    rng = np.random.default_rng(0)
-    ramp = np.linspace(0, 1, size)[:, None, None]
-    for i in range(n):
-        base = rng.uniform(0, 255, 3) * ramp + rng.uniform(0, 255, 3) * ramp.transpose(1, 0, 2)
-        pixels = np.clip(base / 2 + rng.normal(0, 12, (size, size, 3)), 0, 255).astype(np.uint8)
-        folder = root / f"{i // 1000:02d}"  # 1,000 a folder, as large datasets are stored
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(pixels).save(folder / f"{i:06d}.jpg", quality=90)
-
-
-def cpu() -> str:
-    lines = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
-    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("Model name")), "unknown CPU")
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    return f"{model}, AVX-512 {'yes' if ' avx512f' in flags else 'no'}"
+from drl.provenance import cpu_flags, cpu_model
 
 
 def main() -> None:
@@ -44,10 +26,15 @@ def main() -> None:
     args = p.parse_args()
     from drl.data.prepare import prepare  # not at the top: each worker process imports this script
     with tempfile.TemporaryDirectory() as tmp:
-        make_folder(Path(tmp) / "raw", args.images, args.size)
+        rng, ramp, raw = np.random.default_rng(0), np.linspace(0, 1, args.size)[:, None, None], Path(tmp) / "raw"
+        for i in range(args.images):   # smooth gradients plus noise: JPEGs of a few KB, like photographs; 1,000 a folder
+            base = rng.uniform(0, 255, 3) * ramp + rng.uniform(0, 255, 3) * ramp.transpose(1, 0, 2)
+            (raw / f"{i // 1000:02d}").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.clip(base / 2 + rng.normal(0, 12, (args.size, args.size, 3)), 0, 255).astype(np.uint8)).save(
+                raw / f"{i // 1000:02d}" / f"{i:06d}.jpg", quality=90)
         cfg = {"source": "image_folder", "path": f"{tmp}/raw", "resolution": args.resolution, "seed": 0}
-        print(f"{cpu()}; {len(os.sched_getaffinity(0))} CPUs available; {args.images} "
-              f"{args.size}x{args.size} JPEGs -> {args.resolution}x{args.resolution}")
+        print(f"{cpu_model()}, AVX-512 {'yes' if 'avx512f' in cpu_flags() else 'no'}; {len(os.sched_getaffinity(0))} "
+              f"CPUs available; {args.images} {args.size}x{args.size} JPEGs -> {args.resolution}x{args.resolution}")
         hashes = set()
         for n in args.workers:
             t = time.perf_counter()

@@ -1,14 +1,13 @@
-"""``make bench``: in one process, this machine's matmul / 3x3-conv ceiling, then the DRL workloads as
-FLOP/s and model FLOP utilisation (MFU = counted FLOPs / median seconds / ceiling).
+"""The benchmark's one entry point (``make bench``):
 
-    python -m bench.run                      # every workload at the CPU scale (or CUDA scale on --device cuda)
-    python -m bench.run --quick              # tiny sizes: a smoke run of the harness (seconds to a minute)
-    python -m bench.run --workloads toy_mlp,fid_classifier --out /tmp/b
+    python -m bench.run [--quick] [--workloads toy_mlp,fid_classifier] [--variants as_given] [--device cuda]
+    python -m bench.run --check OUT [--smoke] [--budget-s 420]    the GPU check (bench/gpu_check.sh, bench/check.py)
+    python -m bench.run --ddp [--device cuda] [--workloads toy_mlp] [--procs 1,2] [--quick]    DDP weak scaling
+    python -m bench.run --kernels [--workloads toy_mlp] [--variants optimised]    where a CPU iteration's time goes
 
-Writes ``OUT/latest.json`` (atomically) and appends one dated row per variant to ``OUT/RESULTS.md``
-(OUT defaults to bench/).  Workloads, scales and what each measures: bench/workloads.py; the perf
-variants: bench/variants.py.
-"""
+By default: this machine's ceiling (bench/ceiling.py), then every workload (bench/workloads.py) in every perf
+variant as FLOP/s and MFU = FlopCounterMode FLOPs / median seconds / ceiling (the best rate seen at the start,
+in a probe before each workload, ``mfu_local``, and at the end); a row per variant goes to bench/RESULTS.md."""
 from __future__ import annotations
 
 import argparse
@@ -20,159 +19,149 @@ from pathlib import Path
 
 import torch
 
-from bench import ceiling as ceil
-from bench import record
-from bench.features import measure_features
-from bench.variants import apply, variants
-from bench.workloads import EXTRACTORS, WORKLOADS, measure_workload, run_config
+from bench import check, ddp, kernels
+from bench.ceiling import machine, rates
+from bench.workloads import EXTRACTORS, WORKLOADS, apply, measure_workload, run_config, settings, variants
 from drl.config import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
-KINDS = ("train_step", "sample", "hmc", "ais")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+VARIANTS = ("as_given", "plain", "optimised", "no_graphs")
+MARKER = "<!-- bench/run.py appends one row per run and variant below this line -->"
 
 
-def _si(x: float, unit: str = "FLOP") -> str:
-    for scale, p in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(x) >= scale:
-            return f"{x / scale:.3g} {p}{unit}"
-    return f"{x:.3g} {unit}"
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = ap.add_argument
+    add("--check", metavar="OUT", help="the GPU check (bench/check.py), its results in the folder OUT")
+    add("--ddp", action="store_true", help="DDP weak scaling (bench/ddp.py)")
+    add("--kernels", action="store_true", help="profile training iterations on the CPU (bench/kernels.py)")
+    add("--quick", "--smoke", action="store_true", help="tiny sizes (a smoke run; the numbers mean little)")
+    add("--budget-s", type=float, help="--check (default 420 s), --ddp: steps that would not fit are skipped")
+    add("--workloads", help=f"comma-separated subset of {[*WORKLOADS, *EXTRACTORS]}")
+    add("--variants", help=f"comma-separated subset of {VARIANTS} (default: each that differs from as_given)")
+    add("--device", default="cpu", help="cpu (default), cuda or auto")
+    add("--procs", help="--ddp: process counts, e.g. 1,2,4 (default: CUDA 1, 2, 4, ... GPUs; CPU 1, 2)")
+    add("--precision", choices=["fp32", "bf16"], help="--ddp: train.precision (default: the run's)")
+    add("--params", default=str(ROOT / "params.yaml"))
+    add("--results", default=str(ROOT / "bench" / "RESULTS.md"), help="the table a row is appended to")
+    add("--no-record", action="store_true", help="append no row")
+    add("--note", help="added to the row's machine cell (e.g. 'shared, under load')")
+    return ap.parse_args(argv)
 
 
-def _line(name: str, kind: str, r: dict) -> str:
-    what = {"train_step": lambda: f"B={r['B']} K={r['K']}", "sample": lambda: f"n={r['n']} levels={r['levels']}/{r['T']} K={r['K']}",
-            "hmc": lambda: f"n={r['n']} k={r['k']} levels={r['levels']}", "ais": lambda: f"n={r['n']} T={r['T']} h={r['hmc_steps']}",
-            "features": lambda: f"n={r['n']} batch={r['batch']}"}[kind]()
-    s = (f"{name:<24} {kind:<10} {what:<26} {_si(r['flops']):>11}/call (analytic {_si(r['flops_analytic'])})"
-         f"  {r['seconds']:.4g} s  {_si(r['flops_per_s'], 'FLOP/s')}")
-    if "mfu" in r:
-        s += f"  MFU {r['mfu']:.2f} (local {r['mfu_local']:.2f})"
-    if r.get("images_per_s") is not None:
-        s += f"  {r['images_per_s']:.4g} img/s" + (" (projected)" if r.get("projected") else "")
-    return s
-
-
-def _selected(arg: str | None) -> list[str]:
-    known = {**WORKLOADS, **EXTRACTORS}
-    if not arg:
-        return list(WORKLOADS) + list(EXTRACTORS)
-    names = [n.strip() for n in arg.split(",") if n.strip()]
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise SystemExit(f"bench: unknown workload(s) {unknown}; known: {sorted(known)}")
+def selected(arg: str | None, default) -> list[str]:
+    names = [n.strip() for n in arg.split(",") if n.strip()] if arg else list(default)
+    if unknown := [n for n in names if n not in {**WORKLOADS, **EXTRACTORS}]:
+        raise SystemExit(f"bench: unknown workload(s) {unknown}; known: {[*WORKLOADS, *EXTRACTORS]}")
     return names
 
 
-def _add_mfu(entry: dict, best: float, local: float) -> None:
-    entry["mfu"] = entry["flops_per_s"] / best
-    entry["mfu_local"] = entry["flops_per_s"] / local
-
-
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run; numbers mean little)")
-    ap.add_argument("--workloads", help=f"comma-separated subset of {sorted({**WORKLOADS, **EXTRACTORS})}")
-    ap.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
-    ap.add_argument("--out", default=str(ROOT / "bench"), help="folder of latest.json and RESULTS.md")
-    ap.add_argument("--params", default=str(ROOT / "params.yaml"))
-    ap.add_argument("--variants", help="comma-separated subset of as_given, plain, optimised (default: every one "
-                    "the schema's perf section allows, bench/variants.py)")
-    ap.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's, = cores)")
-    ap.add_argument("--no-record", action="store_true", help="write latest.json only, no RESULTS.md row")
-    ap.add_argument("--note", help="text added to the machine cell of the RESULTS.md row (e.g. 'shared, under load')")
-    args = ap.parse_args(argv)
-
-    t_start = time.time()
+    args = parse(argv)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    scale = "quick" if args.quick else ("cuda" if device.startswith("cuda") else "cpu")
-    params = load_params(args.params)
-    names = _selected(args.workloads)
-    out_dir = Path(args.out)
-    result = {"schema": 1, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "mode": scale,
-              "device": device, "machine": record.machine(device), "note": args.note, "load_start": record.loadavg(),
-              "argv": sys.argv[1:] if argv is None else argv, "workloads": {}, "fid": {}}
-    print(f"bench: {result['machine']['text']}; scale {scale}; load {result['load_start']}", flush=True)
-    if (result["load_start"] or 0) > 0.5 * (os.cpu_count() or 1):
-        print(f"bench: warning: the 1-minute load average is {result['load_start']} on {os.cpu_count()} cores; other "
-              "processes will lower every rate (multi-threaded kernels suffer most when threads wait for each other): "
-              "benchmark an idle machine, or compare mfu_local", flush=True)
+    if unknown := set((args.variants or "as_given").split(",")) - set(VARIANTS):
+        raise SystemExit(f"bench: unknown variant(s) {sorted(unknown)}; known: {VARIANTS}")
+    scale = "quick" if args.quick else "cuda" if device.startswith("cuda") else "cpu"
+    if args.check:
+        return check.main(args)
+    if args.kernels:
+        names = selected(args.workloads, ["toy_mlp", "digits_wrn", "digits_mlp", "cifar10_n2_b16"])
+        return kernels.run(load_params(args.params), names, args.variants or "optimised", scale)
+    if not args.ddp:
+        return run_bench(args, device, scale)
+    try:
+        procs = [int(p) for p in args.procs.split(",")] if args.procs else None
+        r = ddp.measure(selected(args.workloads, ["cifar10_n2"])[0], procs, device, args.quick, args.params,
+                        args.precision, budget_s=args.budget_s)
+    except (RuntimeError, TimeoutError, ValueError) as exc:   # a failed launch (its output's tail), a bad request
+        print(f"bench --ddp: error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
+    print("\n" + ddp.table(r), flush=True)
+    return r
 
-    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
-    need = {"fp32"} | {params["runs"][WORKLOADS[n].run]["train"].get("precision", "fp32")
-                       for n in names if n in WORKLOADS}
-    if not device.startswith("cuda"):
-        need = {"fp32"}  # CPU bf16 autocast is not a target here; its MFU is taken against fp32
-    start = {p: ceil.measure(scale, device, dtypes[p]) for p in sorted(need)}
-    for p, c in start.items():
-        print(f"ceiling {p}: matmul {_si(c['matmul']['flops_per_s'], 'FLOP/s')}, conv3x3 contiguous "
-              f"{_si(c['conv_contiguous']['flops_per_s'], 'FLOP/s')}, channels-last "
-              f"{_si(c['conv_channels_last']['flops_per_s'], 'FLOP/s')} -> {_si(c['best_flops_per_s'], 'FLOP/s')}",
-              flush=True)
-    probes: dict[str, list[float]] = {p: [c["best_flops_per_s"]] for p, c in start.items()}
-    entries = []   # (entry, precision, local probe)
-    log = lambda n, k, r: print(_line(n, k, r), flush=True)  # noqa: E731
 
+def _si(x: float, unit: str = "FLOP/s") -> str:
+    return next((f"{x / s:.3g} {p}{unit}" for s, p in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"))
+                 if abs(x) >= s), f"{x:.3g} {unit}")
+
+
+def _line(key: str, kind: str, r: dict) -> str:
+    sizes = " ".join(f"{k}={r[k]}" for k in ("B", "n", "K", "k", "levels") if k in r)
+    s = f"{key:<26} {kind:<10} {sizes:<22} {_si(r['flops'], 'FLOP'):>11}/call  {r['seconds']:.4g} s  {_si(r['flops_per_s'])}"
+    s += f"  MFU {r['mfu']:.2f} (local {r['mfu_local']:.2f})" if "mfu" in r else ""
+    return s + (f"  {r['images_per_s']:.4g} img/s" + " (projected)" * bool(r.get("projected")) if r["images_per_s"] else "")
+
+
+def run_bench(args, device: str, scale: str) -> dict:
+    t0, cuda, params = time.time(), device.startswith("cuda"), load_params(args.params)
+    res = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "mode": scale, "device": device,
+           "machine": machine(device), "note": args.note, "load_start": os.getloadavg()[0], "workloads": {}}
+    print(f"bench: {res['machine']['text']}; scale {scale}; load {res['load_start']}" + (" (high: other processes lower "
+          "every rate; compare mfu_local)" if res["load_start"] > 0.5 * os.cpu_count() else ""), flush=True)
+    names = selected(args.workloads, [*WORKLOADS, *EXTRACTORS])
+    precision = {n: params["runs"][WORKLOADS[n]["run"]]["train"].get("precision", "fp32") if cuda and n in WORKLOADS
+                 else "fp32" for n in names}   # CPU: bf16 autocast is no target; MFU against fp32
+    seen = {p: [rates(scale, device, DTYPES[p])["best"]] for p in set(precision.values())}
+    entries = []   # (measurement, precision, local probe)
     for name in names:
-        if name in EXTRACTORS:
-            local = ceil.probe(scale, device)
-            probes["fp32"].append(local)
-            n, batch = EXTRACTORS[name][scale]
-            r = measure_features(name, n, batch, device, warmup=1, reps=3)
-            r["title"] = EXTRACTORS[name]["title"]
-            result["fid"][name] = r
-            entries.append((r, "fp32", local))
-            log(name, "features", r)
-            continue
-        w = WORKLOADS[name]
-        for variant, perf in variants(device, run_config(params, w)).items():
-            if args.variants and variant not in args.variants.split(","):
-                continue
-            cfg = apply(run_config(params, w), perf)
-            precision = cfg["train"].get("precision", "fp32") if device.startswith("cuda") else "fp32"
-            local = ceil.probe(scale, device, dtypes[precision])
-            probes[precision].append(local)
-            key = name if variant == "as_given" else f"{name}@{variant}"
-            r = measure_workload(w, cfg, scale, device, log=lambda n, k, r, key=key: log(key, k, r))
-            r["variant"] = variant
-            result["workloads"][key] = r
-            entries += [(r[k], precision, local) for k in KINDS if k in r]
-
-    end = {p: ceil.measure(scale, device, dtypes[p]) for p in sorted(need)}
-    best = {p: max(probes[p] + [end[p]["best_flops_per_s"]]) for p in need}
-    for e, p, local in entries:
-        _add_mfu(e, best[p], local)
-    result["ceiling"] = {"start": start["fp32"]["best_flops_per_s"], "end": end["fp32"]["best_flops_per_s"],
-                         "best": best["fp32"], "probes": probes["fp32"], "detail_start": start, "detail_end": end,
-                         "by_precision": best}
-    result["load_end"] = record.loadavg()
-    result["wall_seconds"] = time.time() - t_start
-
-    print(f"\nceiling (best seen in this process): {_si(best['fp32'], 'FLOP/s')} fp32"
-          + "".join(f", {_si(v, 'FLOP/s')} {p}" for p, v in best.items() if p != "fp32")
-          + f"; load {result['load_start']} -> {result['load_end']}")
-    for key, r in result["workloads"].items():
-        for k in KINDS:
-            if k in r:
-                print(_line(key, k, r[k]))
-    for key, r in result["fid"].items():
-        print(_line(key, "features", r))
-    goals = {"paper": 0.90, "demo": 0.75}
-    for key, r in result["workloads"].items():
-        if "train_step" in r:
-            g = goals[r["goal"]] if not device.startswith("cuda") else 0.40
-            m = r["train_step"]["mfu"]
+        cfg = run_config(params, name) if name in WORKLOADS else None
+        for v, overrides in (variants(device, cfg) if cfg else {"as_given": None}).items():
+            if v in (args.variants or v).split(","):
+                p, key, c = precision[name], name + ("" if v == "as_given" else f"@{v}"), cfg and apply(cfg, overrides)
+                seen[p].append(local := rates(scale, device, DTYPES[p], reps=2)["best"])
+                r = measure_workload(name, c, scale, device, log=lambda k, m, key=key: print(_line(key, k, m), flush=True))
+                res["workloads"][key] = {"variant": v, "settings": settings(c, cuda) if c else {}, "measured": r}
+                entries += [(m, p, local) for m in r.values()]
+    for p in seen:
+        seen[p].append(rates(scale, device, DTYPES[p])["best"])
+    best = {p: max(v) for p, v in seen.items()}
+    for m, p, local in entries:
+        m.update(mfu=m["flops_per_s"] / best[p], mfu_local=m["flops_per_s"] / local)
+    s = seen.get("fp32") or next(iter(seen.values()))
+    res.update(ceiling={"start": s[0], "end": s[-1], "best": max(s), "by_precision": best}, load_end=os.getloadavg()[0],
+               wall_seconds=time.time() - t0)
+    print("\nceiling (best seen): " + ", ".join(f"{_si(v)} {p}" for p, v in best.items())
+          + f"; load {res['load_start']} -> {res['load_end']}")
+    for key, w in res["workloads"].items():
+        print("\n".join(_line(key, kind, m) for kind, m in w["measured"].items()))
+        if "train" in w["measured"]:
+            g, m = 0.40 if cuda else WORKLOADS[key.split("@")[0]]["goal"], w["measured"]["train"]["mfu"]
             print(f"goal {key}: train MFU {m:.2f} vs {g:.2f}: {'met' if m >= g else 'not met'}")
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    record.write_latest(out_dir / "latest.json", result)
     if not args.no_record:
-        measured = {r["variant"] for r in result["workloads"].values()} or {"as_given"}
-        rows = [record.row(result, v) for v in variants(device) if v in measured]
-        record.append_rows(out_dir / "RESULTS.md", rows)
-    print(f"bench: wrote {out_dir / 'latest.json'}" + ("" if args.no_record else f" and a row of {out_dir / 'RESULTS.md'}")
-          + f" in {result['wall_seconds']:.0f} s")
-    return result
+        rows = [_row(res, v) for v in VARIANTS if any(w["variant"] == v for w in res["workloads"].values())]
+        append_rows(Path(args.results), rows)
+        print(f"bench: appended {len(rows)} row(s) to {args.results} in {res['wall_seconds']:.0f} s")
+    return res
+
+
+def _row(res: dict, v: str) -> str:
+    """A row of the CPU table of bench/RESULTS.md for variant ``v`` (feature extractors: as given)."""
+    sfx, c = "" if v == "as_given" else f"@{v}", res["ceiling"]
+    g = lambda w, k, f="mfu": res["workloads"].get(w + sfx * (k != "features"), {}).get("measured", {}).get(k, {}).get(f)  # noqa: E731
+    fmt = lambda *xs: " · ".join("—" if x is None else f"{x:.2f}" for x in xs)  # noqa: E731
+    on = sorted({f"{k}: {x}" if isinstance(x, str) else k for w in res["workloads"].values() if w["variant"] == v
+                 for k, x in w["settings"].items() if x != settings({}, True)[k]})
+    n8, b16 = (res["workloads"].get(w + sfx, {}).get("measured", {}).get("train") for w in ("cifar10_n8", "cifar10_n2_b16"))
+    return "| " + " | ".join([
+        res["date"][:16].replace("T", " "), res["machine"]["text"] + (f" — {res['note']}" if res["note"] else ""),
+        f"{res['mode']}, {v} ({', '.join(on) or 'perf off'})", f"{fmt(res['load_start'])} → {fmt(res['load_end'])}",
+        f"{c['start'] / 1e9:.0f} / {c['end'] / 1e9:.0f} / {c['best'] / 1e9:.0f}",
+        fmt(*(g(w, "train") for w in ("cifar10_n2", "cifar10_n5", "cifar10_n8"))),
+        fmt(*(g(w, "train") for w in ("toy_mlp", "digits_wrn", "digits_mlp"))),
+        fmt(*(g(w, "sample") for w in ("cifar10_n8", "toy_mlp", "digits_wrn", "digits_mlp"))),
+        fmt(g("digits_mlp", "hmc"), g("toy_mlp", "ais"), g("fid_inception", "features"), g("fid_classifier", "features")),
+        "—" if n8 is None else f"{n8['seconds']:.2f} ({n8['B']}, {n8['K']})",
+        "—" if b16 is None else f"{b16['mfu']:.2f}, {b16['seconds']:.1f}", f"{res['wall_seconds']:.0f}"]) + " |"
+
+
+def append_rows(path: Path, rows: list[str]) -> None:
+    """Insert ``rows`` at the end of the table that follows ``MARKER`` (whose header names the columns)."""
+    lines = path.read_text().splitlines()
+    start = next(i for i in range(lines.index(MARKER), len(lines)) if lines[i].startswith("|"))
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    path.write_text("\n".join(lines[:end] + rows + lines[end:]) + "\n")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@ asserted; the window (the last iteration), the kernel selection and the identity
 share are."""
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -15,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.kernels import breakdown  # noqa: E402
+from bench.run import main  # noqa: E402
 
 
 def _iterations(calls: list[int]) -> list:
@@ -48,20 +48,13 @@ def test_breakdown_needs_two_optimizer_steps():
         breakdown(_iterations([2]))
 
 
-def test_quick_cli_writes_kernels_json(tmp_path):
-    from bench.kernels import main
-
-    main(["--quick", "--workloads", "toy_mlp", "--variant", "as_given", "--out", str(tmp_path),
-          "--params", str(ROOT / "params.yaml")])
-    r = json.loads((tmp_path / "kernels.json").read_text())
-    toy = r["workloads"]["toy_mlp"]
-    assert r["variant"] == "as_given" and toy["flops"] > 0 and toy["kernel_calls"] > 0
+def test_quick_kernels_run():
+    toy = main(["--kernels", "--quick", "--workloads", "toy_mlp", "--variants", "as_given"])["toy_mlp"]
+    assert toy["flops"] > 0 and toy["kernel_calls"] > 0
     assert 0 < toy["share"] <= 1 and toy["kernel_mfu"] >= toy["mfu"]
     assert toy["mfu"] == pytest.approx(toy["kernel_mfu"] * toy["share"])
 
 
-def test_unknown_variant_is_named(tmp_path):
-    from bench.kernels import main
-
-    with pytest.raises(SystemExit, match="unknown variant 'fastest'"):
-        main(["--quick", "--workloads", "toy_mlp", "--variant", "fastest", "--out", str(tmp_path)])
+def test_unknown_variant_is_named():
+    with pytest.raises(SystemExit, match="unknown variant"):
+        main(["--kernels", "--quick", "--workloads", "toy_mlp", "--variants", "fastest"])
