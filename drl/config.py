@@ -23,12 +23,14 @@ def _key(path) -> str:
 # What each evaluate subsection measures (the keys of the run's metrics JSON that tables may cite).
 EVALUATION_METRICS = {
     "quadrature": ("kl_nats", "test_ll_nats", "log_z_quadrature"),
-    "fidelity": ("fid", "fid_se", "is_mean", "is_mean_se", "is_std"),
+    "fidelity": ("fid", "fid_se", "is_mean", "is_mean_se", "is_std", "fid_real_reference", "fid_real_reference_se",
+                 "is_mean_real_reference", "is_mean_real_reference_se"),
     "partition": ("log_z_ais", "log_z_ais_se", "test_ll_ais_nats", "test_ll_ais_nats_se", "test_bpd", "test_bpd_se"),
 }
 # Per chain length of a run's long_run section: metrics["long_run"]["<steps per level>"] (table rows
 # read them with ``select: long_run.<steps per level>``).
-LONG_RUN_METRICS = ("fid", "fid_se", "is_mean", "is_mean_se", "is_std", "log_z_ais", "log_z_ais_se", "acceptance_mean")
+LONG_RUN_METRICS = ("fid", "fid_se", "is_mean", "is_mean_se", "is_std", "fid_real_reference", "fid_real_reference_se",
+                    "is_mean_real_reference", "is_mean_real_reference_se", "log_z_ais", "log_z_ais_se", "acceptance_mean")
 
 
 
@@ -141,6 +143,13 @@ def _semantic_errors(params: dict) -> list[str]:
             if missing:
                 errors.append(f"tables.{name}.rows[{i}]: run {row['run']!r} does not measure {missing}; its "
                               f"evaluate section yields {sorted(produced)}")
+        labels = {row.get("label") for row in table.get("rows", [])}
+        for i, c in enumerate(table.get("claims", [])):
+            unknown = [r for r in c["rows"] if r not in labels]
+            if unknown:
+                errors.append(f"tables.{name}.claims[{i}].rows: {unknown} are not labels of this table's rows")
+            if c.get("metric", "fid") not in table["columns"]:
+                errors.append(f"tables.{name}.claims[{i}].metric: {c.get('metric', 'fid')!r} is not one of its columns")
     for name, fig in params.get("figures", {}).items():
         for r in fig.get("runs", []):
             if r not in runs:

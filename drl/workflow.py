@@ -107,7 +107,9 @@ def _run_stages(params: dict, run: str) -> list[Stage]:
         eval_deps.append(_prepared(cfg["dataset"], "test"))
     if "fidelity" in ev:
         ex, split = ev["fidelity"]["extractor"], ev["fidelity"].get("reference_split", "train")
-        eval_deps += [f["samples"], PATTERNS["refstats"].format(dataset=cfg["dataset"], split=split, extractor=ex)]
+        # the split itself too: its real-data reference images are drawn from it
+        eval_deps += [f["samples"], PATTERNS["refstats"].format(dataset=cfg["dataset"], split=split, extractor=ex),
+                      _prepared(cfg["dataset"], split)]
         eval_deps += extractor_inputs(params, ex)
         eval_params.append(f"extractors.{ex}")
     out = [
@@ -122,7 +124,7 @@ def _run_stages(params: dict, run: str) -> list[Stage]:
                          [f["long_run"]], [f"runs.{src}.{s}" for s in ("long_run", *perf)], group,
                          plots={f["hmc_steps"]: {"x": "t", "y": "step_size", "cache": False}}))
         eval_deps.append(f["long_run"])
-    return out + [Stage(f"evaluate_{run}", "evaluate", f"drl evaluate --run {run}", eval_deps + code("evaluate"), [],
+    return out + [Stage(f"evaluate_{run}", "evaluate", f"drl evaluate --run {run}", list(dict.fromkeys(eval_deps + code("evaluate"))), [],
                         eval_params, group, metrics=[f["metrics"]], reports=[f["provenance"]])]
 
 
@@ -133,7 +135,8 @@ def _report_stages(params: dict) -> list[Stage]:
         for run in fcfg["runs"]:
             f = _run_files(params, run)
             deps += {"samples": [f["samples"]], "interpolation": [f["model"]], "hmc": [f["long_run"]],
-                     "long_run": [f["long_run"]]}.get(fcfg["kind"], [f["model"], f["samples"]])
+                     "long_run": [f["long_run"]], "seeds": [_run_files(params, s)["metrics"] for s in seed_runs(params, run)],
+                     }.get(fcfg["kind"], [f["model"], f["samples"]])
         if fcfg["kind"] == "comparison":
             deps.append(_prepared(params["runs"][fcfg["runs"][0]]["dataset"], "test"))
         read = {"interpolation": "sample", "hmc": "long_run", "long_run": "long_run"}.get(fcfg["kind"], "evaluate")

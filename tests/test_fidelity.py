@@ -15,7 +15,8 @@ from drl.evaluate import fidelity
 from drl.evaluate.classifier import load_classifier, save_classifier, to_input, train_classifier
 from drl.evaluate.fidelity import (INCEPTION_WEIGHTS_URL, WEIGHTS_PARAM, EvaluationError, extract_features, fid_is,
                                    frechet_distance, inception_score, load_reference_statistics,
-                                   reference_statistics, resolve_extractor, save_reference_statistics)
+                                   real_reference_images, reference_statistics, resolve_extractor,
+                                   save_reference_statistics)
 
 
 # ---------------------------------------------------------------- FID closed forms
@@ -103,6 +104,16 @@ def test_fid_test_split_small_noise_large(digits, tmp_path):
     assert fake["fid"] > 20 * real["fid"], (real, fake)
     assert real["is_mean"] > 7 > fake["is_mean"], (real, fake)
     assert real["is_std"] > 0
+
+
+def test_real_reference_images_are_a_fixed_draw_without_replacement():
+    split = np.arange(50, dtype=np.uint8).reshape(50, 1, 1, 1)
+    drawn = real_reference_images(split, 20)
+    assert len(np.unique(drawn)) == 20 and np.array_equal(drawn, real_reference_images(split, 20))
+    assert not np.array_equal(drawn, real_reference_images(split, 20, seed=1))
+    assert np.array_equal(real_reference_images(split, 50), split)   # the whole split, in order
+    with pytest.raises(EvaluationError, match="needs 51 images of the reference split, which holds 50"):
+        real_reference_images(split, 51)
 
 
 def test_fid_refuses_stats_from_another_extractor(digits):

@@ -83,3 +83,6 @@ def test_labelled_folder_trains_its_own_extractor_and_scores_a_model(tmp_path, m
     assert metrics["fid"] > 0 and 1 <= metrics["is_mean"] <= 3   # IS lies in [1, number of classes]
     assert prov["extractor"]["sha256"] == sha and prov["extractor"]["kind"] == "classifier"
     assert prov["reference"] == "mine/train"
+    # the real-data reference: 24 (the sample count) of the 120 training images, scored the same way
+    assert "24 images of mine/train" in prov["real_reference"]
+    assert 0 < metrics["fid_real_reference"] < metrics["fid"] and metrics["fid_real_reference_se"] > 0

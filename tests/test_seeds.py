@@ -34,7 +34,7 @@ def test_a_run_with_seeds_expands_into_one_run_per_seed():
         assert r["train"] == {**base["train"], "seed": s} and source_run(params, f"digits_t6_k30_seed{s}") == "digits_t6_k30"
         assert {k: v for k, v in r.items() if k not in ("train", "seed_of")} == {k: v for k, v in base.items()
                                                                              if k not in ("train", "seeds")}
-    assert validate(params) is params and len(params["runs"]) == len(RAW["runs"]) + 2   # again: a no-op
+    assert validate(params) is params and len(params["runs"]) == len(validate(copy.deepcopy(RAW))["runs"]) + 2   # again: a no-op
     by_name = {s.name: s for s in stages(params)}
     # the copies' stages track their run's params.yaml keys (they have none of their own), not the seed
     # list: adding a seed adds a training and retrains nothing

@@ -222,6 +222,24 @@ def bootstrap(fid_features: torch.Tensor, logits: torch.Tensor, ref_stats: dict,
     return out
 
 
+# The real-data reference: what real images score on the same instrument at the same sample count.
+# FID of n images has a bias that falls with n (about tr(Sigma)/n for features of covariance Sigma), so a
+# model's FID means little without this floor.  Definition: n images of the reference split itself
+# (the split the statistics were computed on), n = the number of samples scored, drawn uniformly
+# without replacement by numpy default_rng(seed) (seed 0), scored by ``fid_is`` against the same
+# statistics with the same extractor and half-sampling.  Being in the statistics, they score lower
+# than unseen real images would: a model that only copied its training images would match it.
+REAL_REFERENCE_SEED = 0
+
+
+def real_reference_images(split_images: np.ndarray, n: int, seed: int = REAL_REFERENCE_SEED) -> np.ndarray:
+    """``n`` images of the reference split, drawn uniformly without replacement by default_rng(seed)."""
+    if not 1 <= n <= len(split_images):
+        raise EvaluationError(f"the real-data reference needs {n} images of the reference split, which holds "
+                              f"{len(split_images)}: score at most that many samples, or use the other split")
+    return split_images[np.sort(np.random.default_rng(seed).choice(len(split_images), n, replace=False))]
+
+
 def fid_is(samples: np.ndarray, ref_stats: dict, extractor_cfg: dict, is_splits: int = 10, batch_size: int = 64,
            device: str = "cpu", n_bootstrap: int = 0, seed: int = 0, key: str = "extractors.<name>") -> dict:
     """FID of uint8 (N, H, W, C) samples against ``ref_stats`` and their IS, one extraction pass; with

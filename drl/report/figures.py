@@ -131,3 +131,29 @@ def samples_figure(run: str, samples: np.ndarray):
     ax.set_aspect("equal")
     ax.set_title(f"{run}: samples x_0")
     return fig
+
+
+def seeds_figure(rows: list[tuple[str, list[float | None], list[float | None]]], metric: str = "FID"):
+    """A metric against training seeds: per row (label, one value per seed, the real-data reference of
+    each seed's evaluation), each seed's value (a diverged seed, None, is drawn as an x at the top), the
+    mean over seeds +- their standard deviation, and the real-data reference as a grey tick."""
+    fig, ax = plt.subplots(figsize=(1.1 * len(rows) + 2.5, 4.2))
+    finite = [v for _, vs, refs in rows for v in vs + refs if v is not None]
+    top = max(finite) * 1.15 if finite else 1.0
+    for i, (_, values, refs) in enumerate(rows):
+        ok = [v for v in values if v is not None]
+        ax.scatter([i + 0.08 * (j - (len(values) - 1) / 2) for j in range(len(values))],
+                   [v if v is not None else top for v in values], c=["C0" if v is not None else "C3" for v in values],
+                   marker="o", s=18, zorder=3)
+        if len(ok) > 1:
+            ax.errorbar(i + 0.3, np.mean(ok), yerr=np.std(ok, ddof=1), fmt="s", color="k", ms=4, capsize=3)
+        ref = [r for r in refs if r is not None]
+        if ref:
+            ax.hlines(np.mean(ref), i - 0.35, i + 0.35, color="0.6", lw=2)
+    ax.set_xticks(range(len(rows)), [label for label, _, _ in rows], rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel(metric)
+    ax.set_ylim(0, top * 1.05)
+    ax.set_title(f"{metric} per training seed (dots), mean +- sd over seeds (squares), real-data reference (grey)",
+                 fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -94,5 +94,54 @@ def to_markdown(title: str, columns: list[str], rows: list[dict]) -> str:
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
 
+# A paper claim holds here when the two rows differ by at least CLAIM_Z standard errors of their difference.
+CLAIM_Z = 2.0
+
+
+def claim_rows(claims: list[dict], rows: list[dict]) -> list[dict]:
+    """Each claim of a table (``{claim, kind, rows: [A, B], metric}``) tested on its measured rows.
+
+    ``lower``: A's metric is below B's.  ``similar``: no difference is resolved.  The margin is
+    (B - A) / sqrt(se_A^2 + se_B^2), the se of a row over several seeds being that of its mean (the
+    spread retraining gives), of a single run its own.  ``lower`` holds at margin >= CLAIM_Z, is
+    reversed at <= -CLAIM_Z and unresolved between; ``similar`` holds at |margin| < CLAIM_Z.  A row
+    that diverged counts as the worse one: it is what the paper calls an unstable setting."""
+    by_label = {r["label"]: r for r in rows}
+    out = []
+    for c in claims:
+        a, b, m = by_label[c["rows"][0]], by_label[c["rows"][1]], c.get("metric", "fid")
+        va, vb = a[m], b[m]
+        margin, verdict = "", ""
+        if "diverged" in (va, vb):
+            lower_holds = vb == "diverged" and va != "diverged"
+            verdict = ("holds" if lower_holds else "does not hold") if c["kind"] == "lower" else "does not hold"
+            margin = f"{'B' if vb == 'diverged' else 'A'} diverged"
+        elif all(isinstance(v, (int, float)) for v in (va, vb, a[f"{m}_se"], b[f"{m}_se"])):
+            margin = (vb - va) / math.hypot(a[f"{m}_se"], b[f"{m}_se"])
+            if c["kind"] == "lower":
+                verdict = "holds" if margin >= CLAIM_Z else "reversed" if margin <= -CLAIM_Z else "not resolved"
+            else:
+                verdict = "holds" if abs(margin) < CLAIM_Z else "does not hold"
+        out.append({"claim": c["claim"], "kind": c["kind"], "metric": m, "row_a": a["label"], "row_b": b["label"],
+                    "a": va, "b": vb, "a_paper": a.get(f"{m}_paper", ""), "b_paper": b.get(f"{m}_paper", ""),
+                    "margin_se": margin, "verdict": verdict})
+    return out
+
+
+def claims_markdown(claims: list[dict]) -> str:
+    head = ["Paper's claim", "A", "B", "metric", "A (ours)", "B (ours)", "A, B (paper)", "(B - A) / se", "here"]
+    lines = ["### The paper's claims at this scale", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c in claims:
+        cells = [c["claim"], c["row_a"], c["row_b"], c["metric"], _fmt(c["a"]), _fmt(c["b"]),
+                 f"{_fmt(c['a_paper'])}, {_fmt(c['b_paper'])}",
+                 f"{c['margin_se']:.1f}" if isinstance(c["margin_se"], float) else _fmt(c["margin_se"]), c["verdict"]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines + ["", f"se: of each row's mean over its seeds. \"lower\" holds at a margin of at least "
+                                   f"{CLAIM_Z:g}, is reversed at -{CLAIM_Z:g} or below, and is not resolved between; "
+                                   f"\"similar\" holds when |margin| < {CLAIM_Z:g}. A diverged row counts as the worse. "
+                                   "With 3 seeds per row these are rough tests (a t distribution with 2 degrees of "
+                                   "freedom would ask for 4.3)."]) + "\n"
+
+
 def load_metrics(path: str | Path) -> dict:
     return json.loads(Path(path).read_text())

@@ -66,19 +66,28 @@ def _fidelity_metrics(params: dict, cfg: dict, images: np.ndarray, device: str, 
     """FID/IS of uint8 images against the run's reference statistics, with the run's extractor, and
     their standard errors over sample sets (``bootstrap`` half-samples); the extractor and the
     reference go to ``details``."""
-    from drl.evaluate.fidelity import fid_is, load_reference_statistics
+    from drl.evaluate.fidelity import REAL_REFERENCE_SEED, fid_is, load_reference_statistics, real_reference_images
 
     e = cfg["evaluate"]["fidelity"]
     split = e.get("reference_split", "train")
     ref = require(paths.refstats_file(cfg["dataset"], split, e["extractor"]),
                    f"drl refstats --dataset {cfg['dataset']} --split {split} --extractor {e['extractor']}")
-    out = fid_is(images, load_reference_statistics(ref), params["extractors"][e["extractor"]],
-                 e.get("is_splits", 10), e.get("batch_size", 64), device, e.get("bootstrap", 200),
-                 key=f"extractors.{e['extractor']}")
+    stats = load_reference_statistics(ref)
+    real = real_reference_images(prepared(cfg["dataset"], split), len(images))   # checked before any compute
+    score = lambda x: fid_is(x, stats, params["extractors"][e["extractor"]], e.get("is_splits", 10),  # noqa: E731
+                             e.get("batch_size", 64), device, e.get("bootstrap", 200), key=f"extractors.{e['extractor']}")
+    out, real_out = score(images), score(real)
     desc = out.pop("extractor")
     details.update(extractor={**desc, "name": e["extractor"], "feature_extractor": desc["name"]},
-                   reference=f"{cfg['dataset']}/{split}")
-    return out
+                   reference=f"{cfg['dataset']}/{split}",
+                   real_reference=f"{len(real)} images of {cfg['dataset']}/{split} drawn uniformly without replacement "
+                                  f"by numpy default_rng({REAL_REFERENCE_SEED}), scored like the samples")
+    return {**out, **{name: real_out[m] for m, name in REAL_REFERENCE_METRICS.items()}}
+
+
+# What the real-data reference adds beside a run's FID/IS.
+REAL_REFERENCE_METRICS = {"fid": "fid_real_reference", "fid_se": "fid_real_reference_se",
+                          "is_mean": "is_mean_real_reference", "is_mean_se": "is_mean_real_reference_se"}
 
 
 def _long_run_metrics(params: dict, cfg: dict, run: str, device: str, details: dict) -> dict:

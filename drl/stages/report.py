@@ -19,6 +19,9 @@ def figure(params: dict, args) -> None:
     if args.figure not in params.get("figures", {}):
         raise ParamsError(f"figure {args.figure!r} is not defined under figures in {args.params}")
     fig_cfg = params["figures"][args.figure]
+    if fig_cfg["kind"] == "seeds":
+        savefig(paths.figure_file(fig_cfg["group"], args.figure), _seeds_figure(params, fig_cfg["runs"]))
+        return
     if fig_cfg["kind"] in ("hmc", "long_run"):
         r = fig_cfg["runs"][0]
         fig = _long_run_figure(fig_cfg["kind"], r, run_config(params, r), fig_cfg.get("n", 64))
@@ -65,6 +68,23 @@ def _interpolations(cfg: dict, ebm, fast, fig_cfg: dict) -> list[np.ndarray]:
                 for i in range(fig_cfg.get("rows", 4))]
 
 
+def _seeds_figure(params: dict, runs: list[str]):
+    """FID of every seed of each run, and of its long-run chains of each length."""
+    from drl.report.figures import seeds_figure
+    from drl.report.tables import load_metrics
+
+    rows = []
+    for run in runs:
+        cfg = run_config(params, run)
+        ms = [load_metrics(require(paths.metrics_file(cfg["group"], r), f"drl evaluate --run {r}"))
+              for r in seed_runs(params, run)]
+        rows.append((run, [m.get("fid") for m in ms], [m.get("fid_real_reference") for m in ms]))
+        for k in cfg.get("long_run", {}).get("steps_per_level", []):
+            lr = [m.get("long_run", {}).get(str(k), {}) for m in ms]
+            rows.append((f"{run}, long run {k}/level", [m.get("fid") for m in lr], [m.get("fid_real_reference") for m in lr]))
+    return seeds_figure(rows)
+
+
 def _long_run_figure(kind: str, run: str, cfg: dict, n: int):
     """Fig. 6 (``hmc``) or Fig. 7 (``long_run``) from the run's long_run.npz."""
     from drl.evaluate.long_run import combine
@@ -81,7 +101,7 @@ def _long_run_figure(kind: str, run: str, cfg: dict, n: int):
 
 
 def table(params: dict, args) -> None:
-    from drl.report.tables import load_metrics, table_rows, to_csv, to_markdown
+    from drl.report.tables import claim_rows, claims_markdown, load_metrics, table_rows, to_csv, to_markdown
 
     if args.table not in params.get("tables", {}):
         raise ParamsError(f"table {args.table!r} is not defined under tables in {args.params}")
@@ -94,7 +114,10 @@ def table(params: dict, args) -> None:
     rows = table_rows(table, metrics_of_run, lambda run: seed_runs(params, run),
                       lambda run: params["runs"][run]["evaluate"].get("fidelity", {}).get("extractor", ""))
     write_text(table["output"], to_csv(rows))
-    write_text(paths.table_markdown(table["output"]), to_markdown(table["title"], table["columns"], rows))
+    md = to_markdown(table["title"], table["columns"], rows)
+    if "claims" in table:   # the paper's pairwise claims, tested on these rows, as a second table
+        md += "\n" + claims_markdown(claim_rows(table["claims"], rows))
+    write_text(paths.table_markdown(table["output"]), md)
     print(f"wrote {table['output']} ({len(rows)} rows)")
 
 
