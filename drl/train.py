@@ -247,20 +247,26 @@ def _train(cfg: dict, data: np.ndarray, out_dir: Path, device: str, progress: bo
     if w.main:
         torch_save(final_path, {"model_cfg": model_cfg, "cfg": cfg, "model": ebm.state_dict(),
                                 "ema": ema.model.state_dict(), "iteration": iters, "log": log_rows})
-        with atomic_path(out_dir / "train_log.csv") as tmp, open(tmp, "w", newline="") as fh:
-            if log_rows:
-                writer = csv.DictWriter(fh, fieldnames=list(log_rows[0]))
-                writer.writeheader()
-                writer.writerows(log_rows)
+        write_log(out_dir, log_rows)
         state_path.unlink(missing_ok=True)
     distributed.barrier(w)  # the other ranks return once model.pt is in place
     return final_path
 
 
+def write_log(out_dir: Path, log_rows: list[dict]) -> None:
+    """train_log.csv: the logged rows (iteration, loss, ..., seconds)."""
+    with atomic_path(out_dir / "train_log.csv") as tmp, open(tmp, "w", newline="") as fh:
+        if log_rows:
+            writer = csv.DictWriter(fh, fieldnames=list(log_rows[0]))
+            writer.writeheader()
+            writer.writerows(log_rows)
+
+
 def record_divergence(cfg: dict, out_dir: str | Path, err: DivergenceError) -> dict:
     """After ``err``: model.pt holds the last good weights -- state.pt's, or the initial ones (rebuilt
     from the seed) when no checkpoint preceded the divergence -- marked ``diverged`` with err's record,
-    so that evaluation records the divergence instead of numbers.  state.pt is kept.  Returns the record."""
+    so that evaluation records the divergence instead of numbers, and train_log.csv its log up to
+    them (both are the train stage's outputs).  state.pt is kept.  Returns the record."""
     out_dir = Path(out_dir)
     model_cfg = {k: cfg[k] for k in MODEL_KEYS}
     state_path = out_dir / "state.pt"
@@ -273,4 +279,5 @@ def record_divergence(cfg: dict, out_dir: str | Path, err: DivergenceError) -> d
     record = {**err.record, "last_good_iteration": good["iteration"]}
     torch_save(out_dir / "model.pt", {"model_cfg": model_cfg, "cfg": cfg, "model": good["model"], "ema": good["ema"],
                                       "iteration": good["iteration"], "log": good["log"], "diverged": record})
+    write_log(out_dir, good["log"])   # the stage's other output: the log up to the last good weights
     return record

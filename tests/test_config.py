@@ -172,6 +172,12 @@ SEMANTIC_CASES = {
     "hmc_figure_of_a_run_without_long_run": (
         lambda p: p["figures"]["fig6_hmc_digits"].update(runs=[EIGHT]),
         "figures.fig6_hmc_digits.kind", "long_run"),
+    "claim_on_an_unknown_row": (
+        lambda p: p["tables"]["digits_table2"]["claims"][0].update(rows=["T = 6, K = 30", "T = 6, K = 20"]),
+        "tables.digits_table2.claims[0].rows", "T = 6, K = 20"),
+    "claim_on_a_metric_not_in_the_table": (
+        lambda p: p["tables"]["digits_table2"]["claims"][0].update(metric="kl_nats"),
+        "tables.digits_table2.claims[0].metric", "kl_nats"),
     "comparison_with_one_run": (
         lambda p: p["figures"]["fig2_checkerboard"]["runs"].pop(),
         "figures.fig2_checkerboard.runs", "two"),

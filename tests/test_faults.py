@@ -446,6 +446,10 @@ def test_divergence_keeps_the_last_good_checkpoint_and_the_metrics_and_tables_re
     assert record["iteration"] - state["iteration"] < 5  # checkpoint_every
     assert all(torch.equal(model[k][n], state[k][n]) for k in ("model", "ema") for n in state[k])
     assert json.loads((run / "config.json").read_text())["diverged"] == record
+    # every declared output of the stage is in place (a workflow engine checks them), the log up to the weights
+    logged = list(csv.DictReader(open(run / "train_log.csv")))
+    assert [int(r["iteration"]) for r in logged] == [r["iteration"] for r in state["log"]]
+    assert all(int(r["iteration"]) <= state["iteration"] for r in logged)
 
     assert main(["evaluate", "--run", "toy_diverge", "--device", "cpu"]) == 0
     metrics = json.loads(Path("results/faults/metrics/toy_diverge.json").read_text())
