@@ -20,17 +20,18 @@ def _key(path) -> str:
     return ".".join(str(p) for p in path) or "(top level)"
 
 
+# The real-data reference written beside a run's FID/IS (drl/evaluate/fidelity.py): its metric -> the key.
+REAL_REFERENCE_METRICS = {"fid": "fid_real_reference", "fid_se": "fid_real_reference_se",
+                          "is_mean": "is_mean_real_reference", "is_mean_se": "is_mean_real_reference_se"}
 # What each evaluate subsection measures (the keys of the run's metrics JSON that tables may cite).
 EVALUATION_METRICS = {
     "quadrature": ("kl_nats", "test_ll_nats", "log_z_quadrature"),
-    "fidelity": ("fid", "fid_se", "is_mean", "is_mean_se", "is_std", "fid_real_reference", "fid_real_reference_se",
-                 "is_mean_real_reference", "is_mean_real_reference_se"),
+    "fidelity": ("fid", "fid_se", "is_mean", "is_mean_se", "is_std", *REAL_REFERENCE_METRICS.values()),
     "partition": ("log_z_ais", "log_z_ais_se", "test_ll_ais_nats", "test_ll_ais_nats_se", "test_bpd", "test_bpd_se"),
 }
 # Per chain length of a run's long_run section: metrics["long_run"]["<steps per level>"] (table rows
 # read them with ``select: long_run.<steps per level>``).
-LONG_RUN_METRICS = ("fid", "fid_se", "is_mean", "is_mean_se", "is_std", "fid_real_reference", "fid_real_reference_se",
-                    "is_mean_real_reference", "is_mean_real_reference_se", "log_z_ais", "log_z_ais_se", "acceptance_mean")
+LONG_RUN_METRICS = (*EVALUATION_METRICS["fidelity"], "log_z_ais", "log_z_ais_se", "acceptance_mean")
 
 
 

@@ -124,7 +124,8 @@ def _run_stages(params: dict, run: str) -> list[Stage]:
                          [f["long_run"]], [f"runs.{src}.{s}" for s in ("long_run", *perf)], group,
                          plots={f["hmc_steps"]: {"x": "t", "y": "step_size", "cache": False}}))
         eval_deps.append(f["long_run"])
-    return out + [Stage(f"evaluate_{run}", "evaluate", f"drl evaluate --run {run}", list(dict.fromkeys(eval_deps + code("evaluate"))), [],
+    eval_deps = list(dict.fromkeys(eval_deps + code("evaluate")))   # the test split may be read twice
+    return out + [Stage(f"evaluate_{run}", "evaluate", f"drl evaluate --run {run}", eval_deps, [],
                         eval_params, group, metrics=[f["metrics"]], reports=[f["provenance"]])]
 
 
@@ -134,9 +135,9 @@ def _report_stages(params: dict) -> list[Stage]:
         deps = []
         for run in fcfg["runs"]:
             f = _run_files(params, run)
+            seeds = [_run_files(params, s)["metrics"] for s in seed_runs(params, run)]
             deps += {"samples": [f["samples"]], "interpolation": [f["model"]], "hmc": [f["long_run"]],
-                     "long_run": [f["long_run"]], "seeds": [_run_files(params, s)["metrics"] for s in seed_runs(params, run)],
-                     }.get(fcfg["kind"], [f["model"], f["samples"]])
+                     "long_run": [f["long_run"]], "seeds": seeds}.get(fcfg["kind"], [f["model"], f["samples"]])
         if fcfg["kind"] == "comparison":
             deps.append(_prepared(params["runs"][fcfg["runs"][0]]["dataset"], "test"))
         read = {"interpolation": "sample", "hmc": "long_run", "long_run": "long_run"}.get(fcfg["kind"], "evaluate")

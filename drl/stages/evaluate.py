@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from drl import paths
-from drl.config import LONG_RUN_METRICS, ParamsError, metrics_of, run_config
+from drl.config import LONG_RUN_METRICS, REAL_REFERENCE_METRICS, ParamsError, metrics_of, run_config
 from drl.data.points import DataError
 from drl.io import write_json
 from drl.stages.common import device, long_run_chains, prepared, require, samples, trained_model
@@ -84,10 +84,6 @@ def _fidelity_metrics(params: dict, cfg: dict, images: np.ndarray, device: str, 
                                   f"by numpy default_rng({REAL_REFERENCE_SEED}), scored like the samples")
     return {**out, **{name: real_out[m] for m, name in REAL_REFERENCE_METRICS.items()}}
 
-
-# What the real-data reference adds beside a run's FID/IS.
-REAL_REFERENCE_METRICS = {"fid": "fid_real_reference", "fid_se": "fid_real_reference_se",
-                          "is_mean": "is_mean_real_reference", "is_mean_se": "is_mean_real_reference_se"}
 
 
 def _long_run_metrics(params: dict, cfg: dict, run: str, device: str, details: dict) -> dict:
