@@ -79,7 +79,7 @@ def test_tables_report_mean_and_spread_over_seeds():
     assert "standard deviation over the training seeds" in md and "half-sampling" in md
     diverged = table_rows(table, {**metrics, "r_seed2": {"fid": None, "diverged_iteration": 0}}.__getitem__,
                           lambda run: seeds.get(run, [run]))
-    assert diverged[0]["fid"] == "diverged"
+    assert diverged[0]["fid"] == "diverged (1 of 3 seeds)"
 
 
 @pytest.mark.e2e

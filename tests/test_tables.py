@@ -94,6 +94,10 @@ def test_a_diverged_row_loses_its_claims():
     assert (lower["verdict"], lower["margin_se"]) == ("holds", "B diverged") and similar["verdict"] == "does not hold"
     reverse = claim_rows([{"claim": "K10 beats K30", "kind": "lower", "rows": ["K10", "K30"]}], rows)[0]
     assert reverse["verdict"] == "does not hold"
+    some = table_rows(table, lambda seed_run: {"fid": None, "diverged_iteration": 9} if seed_run == "b1" else {"fid": 5.0},
+                      seeds_of=lambda run: [run + "0", run + "1"])   # one of row K10's two seeds diverged
+    assert some[1]["fid"] == "diverged (1 of 2 seeds)" and some[0]["fid"] == 5.0
+    assert claim_rows([{"claim": "K10 unstable", "kind": "lower", "rows": ["K30", "K10"]}], some)[0]["verdict"] == "holds"
 
 
 def test_seeds_figure_draws_every_seed_and_marks_a_diverged_one(tmp_path):

@@ -22,11 +22,13 @@ def table_rows(table: dict, metrics_of_run, seeds_of=lambda run: [run], extracto
     <metric>_sd_seeds and <metric>_paper.  One seed: the run's value and its own standard error (over
     sample sets for FID/IS, AIS chains for log Z).  Several: the mean over seeds, the
     standard deviation over seeds, and the standard error of that mean (sd / sqrt(n)).  A row any of
-    whose runs diverged shows "diverged" in its metric columns."""
+    whose runs diverged shows "diverged" in its metric columns ("diverged (k of n seeds)" when some of
+    its seeds did not)."""
     rows = []
     for row in table["rows"]:
         ms = [metrics_of_run(r) for r in seeds_of(row["run"])] if "run" in row else [{}]
-        diverged = any(m.get("diverged_iteration") is not None for m in ms)
+        n_diverged = sum(m.get("diverged_iteration") is not None for m in ms)
+        diverged = "diverged" if n_diverged == len(ms) else f"diverged ({n_diverged} of {len(ms)} seeds)"
         if "select" in row:
             ms = [m["long_run"][row["select"].split(".")[1]] for m in ms]
         out = {"section": row.get("section", ""), "label": row["label"],
@@ -36,8 +38,8 @@ def table_rows(table: dict, metrics_of_run, seeds_of=lambda run: [run], extracto
         for col in table["columns"]:
             values = [m.get(col) for m in ms]
             out[col] = out[f"{col}_se"] = out[f"{col}_sd_seeds"] = ""
-            if diverged:
-                out[col] = "diverged"
+            if n_diverged:
+                out[col] = diverged
             elif len(ms) == 1:
                 out[col] = "" if values[0] is None else values[0]
                 out[f"{col}_se"] = "" if ms[0].get(f"{col}_se") is None else ms[0][f"{col}_se"]
@@ -112,10 +114,11 @@ def claim_rows(claims: list[dict], rows: list[dict]) -> list[dict]:
         a, b, m = by_label[c["rows"][0]], by_label[c["rows"][1]], c.get("metric", "fid")
         va, vb = a[m], b[m]
         margin, verdict = "", ""
-        if "diverged" in (va, vb):
-            lower_holds = vb == "diverged" and va != "diverged"
+        a_diverged, b_diverged = (str(v).startswith("diverged") for v in (va, vb))
+        if a_diverged or b_diverged:
+            lower_holds = b_diverged and not a_diverged
             verdict = ("holds" if lower_holds else "does not hold") if c["kind"] == "lower" else "does not hold"
-            margin = f"{'B' if vb == 'diverged' else 'A'} diverged"
+            margin = f"{'B' if b_diverged else 'A'} diverged"
         elif all(isinstance(v, (int, float)) for v in (va, vb, a[f"{m}_se"], b[f"{m}_se"])):
             margin = (vb - va) / math.hypot(a[f"{m}_se"], b[f"{m}_se"])
             if c["kind"] == "lower":
