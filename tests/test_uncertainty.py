@@ -53,9 +53,10 @@ def test_another_classifier_file_is_refused_with_the_key_and_the_fix(tmp_path):
 def test_the_workflow_never_retrains_the_instrument():
     from drl.workflow import stages
 
-    names = [s.name for s in stages(PARAMS)]
+    params = validate(copy.deepcopy(PARAMS))   # expands the runs with seeds
+    names = [s.name for s in stages(params)]
     assert not [n for n in names if n.startswith("extractor")]
-    refstats = [s for s in stages(PARAMS) if s.name.startswith("refstats_digits")]
+    refstats = [s for s in stages(params) if s.name.startswith("refstats_digits")]
     weights = PARAMS["extractors"]["digits_classifier"]["weights"]
     assert refstats and all(weights in s.deps for s in refstats)
 
