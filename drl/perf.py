@@ -3,7 +3,8 @@ around the plain maths from outside: the model holds none of them.
 
 * ``channels_last``: the network's 4-D weights (convolutions) in channels-last memory format
   (``configure``, once, on the model's tensors).
-* ``compile``: the energy and score of MCMC chains (Langevin, HMC, AIS) by ``torch.compile``.
+* ``compile``: the energy and score of MCMC chains (Langevin, HMC, AIS) by ``torch.compile``; eager,
+  with a warning, where torch.compile does not work (no C++ compiler: ``compiler_unavailable``).
 * ``cuda_graphs``: the chain's score captured in a CUDA graph and replayed (``GraphedScore``); CUDA only.
 * precision ``bf16`` (``train.precision``): the model under bf16 autocast (``execution``); the
   network's output is cast back to y's dtype (``ConditionalEBM.forward``), so everything outside
@@ -91,6 +92,22 @@ def _compiled_score() -> Callable:
     return torch.compile(torch.func.grad_and_value(_energy_sum, argnums=2, has_aux=True), dynamic=False)
 
 
+@cache
+def compiler_unavailable() -> str | None:
+    """None when ``torch.compile`` works on this machine, else why not, with a warning (once).  On a CPU
+    inductor needs a working C++ compiler, which a user's machine may lack: ``compile`` is the same
+    function in another summation order, so its chains then run eager rather than fail."""
+    try:
+        torch.compile(lambda x: torch.sin(x) * 2, dynamic=False)(torch.zeros(2))
+    except torch._dynamo.exc.BackendCompilerFailed as e:
+        reason = str(e).strip().splitlines()[0]
+        warnings.warn(f"perf.compile: torch.compile does not work here ({reason}); chains run eager, the same "
+                      "function (install a C++ compiler, e.g. g++, to compile, or set perf.compile: false)",
+                      stacklevel=2)
+        return reason
+    return None
+
+
 @contextmanager
 def _frozen_parametrizations(module: nn.Module):
     """The parametrisations in eval mode (spectral norm: W / sigma from the current u, v, no power
@@ -165,7 +182,7 @@ def chain_score(ebm: nn.Module):
     f carries no autograd graph."""
     perf = current()
     with chain_weights(ebm):
-        if perf.compile:
+        if perf.compile and compiler_unavailable() is None:
             if not weights_fixed_in_chain(ebm) and parametrized(ebm):
                 raise ValueError("perf.compile with spectral norm needs energy.sn_power_iteration: per_iteration for "
                                  "training: the compiled score takes the weights fixed through a chain, per_call "

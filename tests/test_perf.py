@@ -245,6 +245,30 @@ def test_compiled_chain_matches_the_eager_chain(net):
         _under(perf.Perf(compile=True), langevin, ebm, x, t, 2)
 
 
+def test_compile_without_a_cpp_compiler_runs_eager_with_a_warning(monkeypatch):
+    """Where inductor finds no working C++ compiler, ``compile`` chains run the eager score (bitwise the
+    eager chain: the same computation) after one warning that names the cause and the fix."""
+    import torch._inductor.config as inductor
+
+    monkeypatch.setattr(inductor.cpp, "cxx", ("/nonexistent/g++",))
+    monkeypatch.setattr(inductor, "fx_graph_cache", False)   # a cached graph would need no compiler
+    graphs = _fresh_compile()
+    perf.compiler_unavailable.cache_clear()
+    try:
+        torch.manual_seed(0)
+        ebm = build_model(_cfg("mlp", sn="per_iteration"))
+        x, t = _chain_inputs(ebm)
+        y = langevin(copy.deepcopy(ebm), x, t, 5, randn_like=from_generator(torch.Generator().manual_seed(1)))
+        with pytest.warns(UserWarning, match="No working C\\+\\+ compiler.*chains run eager"):
+            y_comp = _under(perf.Perf(compile=True), langevin, ebm, x, t, 5,
+                            randn_like=from_generator(torch.Generator().manual_seed(1)))
+        assert torch.equal(y_comp, y)
+        assert "No working C++ compiler" in perf.compiler_unavailable() and graphs() == 0
+    finally:
+        perf.compiler_unavailable.cache_clear()
+        torch._dynamo.reset()
+
+
 @pytest.mark.parametrize("net", ["mlp", "wrn"])
 def test_compiled_hmc_and_ais_match_eager(net):
     """HMC (eq. 16 with its tether) and AIS transitions through the compiled energy and score, eval
