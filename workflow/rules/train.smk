@@ -31,7 +31,8 @@ rule sample:
         values=params_of("samples"),
     log:
         "logs/sample/{group}/{run}.log",
-    threads: 2
+    # One thread, as train: on a few cores a 2-thread job waits until every running training has ended.
+    threads: 1
     resources:
         gpu=run_resource("gpu", 0),
         mem_mb=run_resource("mem_mb", 4000),
