@@ -189,8 +189,8 @@ def validate(params: dict, source: str = "params.yaml") -> dict:
     errors = [f"{_key(e.absolute_path)}: {e.message}" for e in _validator().iter_errors(as_written)]
     errors += [f"runs.{name}.perf.sn_power_iteration: now runs.{name}.energy.sn_power_iteration (it changes the "
                "function trained, so it is part of the model's definition); move it there"
-               for name, run in (as_written.get("runs") or {}).items()
-               if isinstance(run, dict) and "sn_power_iteration" in (run.get("perf") or {})]
+               for name, run in (written.items() if isinstance(runs, dict) else ())
+               if isinstance(run, dict) and isinstance(run.get("perf"), dict) and "sn_power_iteration" in run["perf"]]
     if not errors:
         errors = _semantic_errors(as_written) + _seed_errors(params)
     if errors:

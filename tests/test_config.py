@@ -202,6 +202,9 @@ def test_spectral_norm_schedule_under_perf_is_refused_naming_its_place(params):
         validate(params)
     assert any(line.startswith(f"runs.{DRL}.perf.sn_power_iteration: now runs.{DRL}.energy.sn_power_iteration")
                for line in problems(exc)[1]), str(exc.value)
+    params["runs"][DRL]["perf"] = 3   # not a mapping: the schema's error, not a TypeError of this check
+    with pytest.raises(ParamsError, match=f"runs.{DRL}.perf: 3 is not of type 'object'"):
+        validate(params)
     del params["runs"][DRL]["perf"]
     params["runs"]["digits_t6_k30"]["perf"]["compile"] = True
     params["runs"]["digits_t6_k30"]["energy"]["sn_power_iteration"] = "per_iteration"
