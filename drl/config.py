@@ -27,7 +27,8 @@ REAL_REFERENCE_METRICS = {"fid": "fid_real_reference", "fid_se": "fid_real_refer
 EVALUATION_METRICS = {
     "quadrature": ("kl_nats", "test_ll_nats", "log_z_quadrature"),
     "fidelity": ("fid", "fid_se", "is_mean", "is_mean_se", "is_std", *REAL_REFERENCE_METRICS.values()),
-    "partition": ("log_z_ais", "log_z_ais_se", "test_ll_ais_nats", "test_ll_ais_nats_se", "test_bpd", "test_bpd_se"),
+    "partition": ("log_z_ais", "log_z_ais_se", "test_ll_ais_nats", "test_ll_ais_nats_se", "test_bpd", "test_bpd_se",
+                  "log_z_lower_bound", "test_bpd_lower_bound"),
 }
 # Per chain length of a run's long_run section: metrics["long_run"]["<steps per level>"] (table rows
 # read them with ``select: long_run.<steps per level>``).

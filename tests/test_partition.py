@@ -413,6 +413,8 @@ def test_partition_metrics_ais_hmc_setting(monkeypatch):
     m = stage._partition_metrics(cfg, ebm, "cpu", d := {})
     json.dumps(d, allow_nan=False)
     assert numbers_only(m) and abs(m["log_z_ais"] - levels[0].log_z) < 5 * m["log_z_ais_se"]
+    assert levels[0].log_z - 6.0 < m["log_z_lower_bound"] < levels[0].log_z   # drl/evaluate/log_z_bound.py
+    assert d["log_z_lower_bound"]["delta"] == 0.01 and "test_bpd_lower_bound" not in m   # not an image
     assert d["log_z_ais_method"] == "ais_hmc"
     assert len(d["log_z_ais_hmc_step_size"]) == 6 and d["log_z_ais_hmc_acceptance"][0] is None
     cfg["evaluate"]["partition"] = {"n_samples": 500, "K": 2, "seed": 0}

@@ -1,6 +1,7 @@
 """The Snakemake and DVC workflows describe the same DAG, and both run end to end with the real
 `snakemake` and `dvc` binaries on a tiny configuration."""
 import json
+import math
 import os
 import re
 import shutil
@@ -193,6 +194,9 @@ def test_snakemake_runs_the_tiny_pipeline_and_reruns_on_param_change(project):
     # statistics, bits/dim from the importance-sampled log Z, a sample grid and a table
     d = json.loads((project / "results/demo/metrics/digits_t6.json").read_text())
     assert d["iterations"] == 6 and d["fid"] > 0 and d["test_bpd"] > 0
+    # the certified bound moves every test log-density by the same log Z difference (8 x 8 pixels)
+    assert d["test_bpd_lower_bound"] - d["test_bpd"] == pytest.approx(
+        (d["log_z_lower_bound"] - d["log_z_ais"]) / (64 * math.log(2)), rel=1e-9, abs=1e-9)
     assert all(numbers_only(json.loads(f.read_text())) for f in (project / "results/demo/metrics").glob("*.json"))
     assert np.load(project / "results/demo/runs/digits_t6/samples.npy").shape == (40, 8, 8, 1)
     table = (project / "results/demo/table_digits.csv").read_text().splitlines()

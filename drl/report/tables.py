@@ -93,6 +93,12 @@ def to_markdown(title: str, columns: list[str], rows: list[dict]) -> str:
         notes.append("Rows of one run: ± its standard error -- for FID and IS over sample sets, by half-sampling "
                      "(the spread another sample set of the same model would show; retraining moves a run more), for "
                      "log Z over the AIS chains, for bits/dim over the test set and log Z.")
+    for c in columns:   # an estimate below its certified lower bound (drl/evaluate/log_z_bound.py) is refuted
+        low = [r for r in rows if f"{c}_lower_bound" in columns and isinstance(r[c], float)
+               and isinstance(r[f"{c}_lower_bound"], float) and r[c] < r[f"{c}_lower_bound"]]
+        if low:
+            notes.append(f"{c} of {', '.join(r['label'] for r in low)} lies below {c}_lower_bound, a bound that "
+                         "holds with probability 0.99 per run whatever the model: that estimate is refuted.")
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
 
