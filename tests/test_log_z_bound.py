@@ -92,3 +92,17 @@ def test_table_marks_an_estimate_below_its_bound_as_refuted():
     above = to_markdown("T", table["columns"], table_rows(table, lambda r: {"test_bpd": 7.3, "test_bpd_lower_bound": 5.0}))
     assert "test_bpd of Ours (T1k) lies below test_bpd_lower_bound" in below and "refuted" in below
     assert "refuted" not in above
+
+
+def test_a_seeded_row_counts_the_seeds_whose_estimate_lies_below_their_own_bound():
+    """The bound holds per run, so each seed is judged against its own: one seed's huge bound must not
+    refute the others through the mean (here the mean bound, 3.3e5, exceeds every estimate)."""
+    table = {"columns": ["test_bpd", "test_bpd_lower_bound"], "rows": [{"label": "T1k", "run": "r"}]}
+    runs = {"r0": {"test_bpd": 7.3, "test_bpd_lower_bound": 1e6}, "r1": {"test_bpd": 7.2, "test_bpd_lower_bound": 5.0},
+            "r2": {"test_bpd": 7.4, "test_bpd_lower_bound": 6.0}}
+    rows = table_rows(table, runs.__getitem__, seeds_of=lambda run: list(runs))
+    assert rows[0]["test_bpd_refuted_seeds"] == 1
+    assert "test_bpd of T1k (in 1 of 3 seeds) lies below test_bpd_lower_bound" in to_markdown("T", table["columns"], rows)
+    runs["r0"]["test_bpd_lower_bound"] = 7.0
+    rows = table_rows(table, runs.__getitem__, seeds_of=lambda run: list(runs))
+    assert rows[0]["test_bpd_refuted_seeds"] == 0 and "refuted" not in to_markdown("T", table["columns"], rows)
