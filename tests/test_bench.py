@@ -112,8 +112,10 @@ def test_quick_run_appends_one_row_below_the_cpu_table(quick_run):
 
 def test_gpu_check_smoke_on_cpu(tmp_path):
     out = tmp_path / "gpu"
+    # the budget only decides which steps are skipped (about 45 s of work here): generous, so that a loaded
+    # machine (CI runs the SLURM test beside this one) still runs every step
     proc = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh"), str(out), "--smoke", "--variants", "as_given",
-                           "--budget-s", "150"], capture_output=True, text=True, timeout=400, cwd=tmp_path)
+                           "--budget-s", "600"], capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     res = json.loads((out / "results.json").read_text())
     assert res["scale"] == "smoke" and not res["errors"] and not res["skipped"]
