@@ -1,6 +1,7 @@
 """drl/config.py and the repository's params.yaml: every problem is reported at once, by key."""
 from __future__ import annotations
 
+import copy
 import json
 import re
 from pathlib import Path
@@ -81,6 +82,21 @@ def test_schema_errors_reported_together_by_key(params):
     assert "surprise" in line_for("(top level)")
     # the other runs that share the anchor are untouched and not reported
     assert not any(RINGS in ln for ln in lines)
+
+
+def test_ais_bridges_are_refused_beside_a_fixed_step_size(params):
+    """The bridges are placed by the step-size pilot, which a fixed ``step_size`` skips."""
+    part = params["runs"][DRL]["evaluate"]["partition"]
+    assert part["transitions"] == "ais_hmc"
+    part["bridges"] = 20
+    validate(copy.deepcopy(params))
+    part["step_size"] = 0.1
+    with pytest.raises(ParamsError) as exc:
+        validate(params)
+    _, lines = problems(exc)
+    assert len(lines) == 1 and lines[0].startswith(f"runs.{DRL}.evaluate.partition: ") and "step_size" in lines[0], lines
+    part["bridges"] = 0
+    validate(params)
 
 
 def test_missing_required_section_named(params):

@@ -105,7 +105,8 @@ def _partition_metrics(cfg: dict, ebm, device: str, details: dict) -> dict:
     """log Z_0 and the normalised test log-density; bits/dim for 8-bit images.  ``transitions``:
     "progressive" (App. A.4, eqs. 33-36, along the run's progressive samples) or "ais_hmc" (Neal's
     2001 annealed importance sampling with HMC on each level's marginal), recorded in ``details`` as
-    log_z_ais_method with the estimate's curve (and for ais_hmc each level's step size and acceptance)."""
+    log_z_ais_method with the estimate's curve (and for ais_hmc each level's step size and acceptance,
+    and its bridges when it has any)."""
     import torch
 
     from drl.data.pixels import is_image_array, to_model_space
@@ -122,7 +123,8 @@ def _partition_metrics(cfg: dict, ebm, device: str, details: dict) -> dict:
     method = e.get("transitions", "progressive")
     if method == "ais_hmc":
         est = estimate_log_z_ais(ebm, e["n_samples"], test.shape[1:], e["hmc_steps"], e.get("n_leapfrog", 2),
-                                 e.get("step_size"), e.get("jitter", 0.2), gen, e.get("batch_size", 1000))
+                                 e.get("step_size"), e.get("jitter", 0.2), gen, e.get("batch_size", 1000),
+                                 e.get("adapt_chains", 1000), bridges=e.get("bridges", 0))
     else:
         est = estimate_log_z(ebm, e["n_samples"], test.shape[1:], e["K"], gen, e.get("batch_size", 1000),
                              e.get("noise_scale", 1.0), e.get("space", "x"))
@@ -132,9 +134,11 @@ def _partition_metrics(cfg: dict, ebm, device: str, details: dict) -> dict:
            "test_ll_ais_nats_se": ll_se,
            "log_z_ais_min_ess_fraction": min(lv["ess_fraction"] for lv in est["per_level"])}
     details.update(log_z_ais_method=method, log_z_ais_curve=est["curve"])
-    if method == "ais_hmc":  # per level t = 0..T-1; level 0's transitions are never run (no acceptance)
+    if method == "ais_hmc":  # per level t = 0..T-1; level 0 has no transitions (no acceptance) unless bridged
         details.update(log_z_ais_hmc_step_size=est["step_size"],
                        log_z_ais_hmc_acceptance=[None if np.isnan(a) else a for a in est["acceptance"]])
+        if e.get("bridges"):  # J_t per level t: J_t - 1 geometric bridges below level t + 1
+            details.update(log_z_ais_bridges=est["bridges"])
     # A certified lower bound on log Z_0 (holds with probability 0.99 whatever f is): an estimate below it
     # has missed mass its chains never visited, and every test log-density gets an upper bound.
     bound = log_z_lower_bound(ebm, test.shape[1:], generator=gen, batch_size=e.get("batch_size", 1000))
