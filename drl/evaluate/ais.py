@@ -147,7 +147,7 @@ def level_pair(ebm: ConditionalEBM, t: int, score: Callable):
     return pair
 
 
-# Geometric bridges (Neal 2001, eq. 3, f_j = f_0^beta_j f_n^(1 - beta_j)) between consecutive levels:
+# Geometric bridges (Neal 2001: f_j = f_0^beta_j f_n^(1 - beta_j)) between consecutive levels:
 # the step from g_{t+1} down to g_t passes through h_b ∝ g_{t+1}^(1-b) g_t^b at b = 1/J_t, 2/J_t, ..., 1,
 # each followed by ``n_steps`` HMC transitions that leave h_b invariant (b = 1: g_t itself, as
 # ``ais_levels``).  The chain's log weight gains log h_b(x) - log h_b'(x) = (b - b') (log g_t(x) -
