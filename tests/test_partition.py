@@ -384,23 +384,27 @@ def test_ais_is_unbiased_where_the_progressive_estimator_is_not():
 
 
 def test_bridges_rescue_ais_where_heavy_tailed_weights_mislead_it():
-    """Far-apart levels (``_drifting_oracle_ebm(1.0)``, closed-form log Z_0): plain AIS-HMC is off by
-    several nats and by > 10 of its own standard errors (measured -9.4 nats, 30 SE over 20,000 chains):
-    its log weights are so heavy-tailed that the sample misses the chains that carry the mass, and the
-    SE, computed from the same sample, cannot see it.  30 geometric bridges, placed by the pilot's
-    log-weight sd, bring it within 4 SE (measured 0.1 SE) and raise the ESS of the chains' weights."""
+    """Far-apart levels (``_drifting_oracle_ebm(1.0)``, closed-form log Z_0): plain AIS-HMC over 10,000
+    chains is several nats low, by more than its own standard error can see: its log weights are so
+    heavy-tailed that the sample misses the chains that carry the mass, and the SE, computed from the
+    same sample, cannot tell.  30 geometric bridges, placed by the pilot's log-weight sd, bring it within
+    4 SE.  Over 9 seeds (this one and 8 others, AMD EPYC AVX2): plain -4.0 to -10.1 nats, 4.3 to 18 SE;
+    bridged within 0.29 nats and 3.0 SE, SE at most 0.34, ESS at level 0 2.3 to 60 times plain's.  The
+    bounds below leave that spread room, since another CPU's rounding takes other chain paths."""
     ebm = _drifting_oracle_ebm(1.0)
     truth = _oracle_log_z(2, 0)
     run = lambda bridges: estimate_log_z_ais(ebm, 10_000, (2,), 3, generator=torch.Generator().manual_seed(0),
                                              batch_size=5000, progress=False, bridges=bridges)
     plain, bridged = run(0), run(30)
     assert plain["bridges"] == [1] * 6 and sum(bridged["bridges"]) == pytest.approx(6 + 30, abs=3)
-    assert truth - plain["log_z0"] > max(2.0, 10 * plain["se"])
-    assert abs(bridged["log_z0"] - truth) < 4 * bridged["se"] and bridged["se"] < 0.2
-    assert bridged["per_level"][0]["ess"] > 5 * plain["per_level"][0]["ess"]
+    assert truth - plain["log_z0"] > max(2.0, 3 * plain["se"])
+    assert abs(bridged["log_z0"] - truth) < min(0.5, 4 * bridged["se"]) and bridged["se"] < 0.5
+    assert bridged["per_level"][0]["ess"] > plain["per_level"][0]["ess"]
     assert all(0.55 < a < 0.95 for a in bridged["acceptance"])   # level 0 runs transitions between its bridges
     with pytest.raises(ValueError, match="leave step_size unset"):
         estimate_log_z_ais(ebm, 10, (2,), 1, step_size=0.3, bridges=5, progress=False)
+    with pytest.raises(ValueError, match="J_t >= 1 for each of the T = 6 levels"):
+        bridged_ais_log_weights(ebm, 10, (2,), 1, [0.3] * 6, [1, 2, 0, 1, 1, 1])
 
 
 def test_bridges_are_shared_out_by_the_log_weight_sd():

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from drl.energy import ConditionalEBM, model_device
-from drl.evaluate.partition import LOG_2PI, curve_sizes, estimate_log_z, fp32, log_jacobians
+from drl.evaluate.partition import LOG_2PI, curve_sizes, estimate_log_z, fp32, level_scales, log_jacobians
 from drl.hmc import Target, hmc_levels, hmc_transition, hmc_transitions, require_fp32, search_step_size
 from drl.perf import chain_score
 
@@ -112,7 +112,7 @@ def adapt_marginal_step_sizes(ebm: ConditionalEBM, n_chains: int, shape: tuple, 
         if t < ebm.T - 1:
             eps *= float(sigma[t] / sigma[t + 1])
         with chain_score(ebm) as score:
-            f_t, _, f_up, _ = level_pair(ebm, t, score)(float(s[t]) * x)
+            f_t, _, f_up, _ = level_pair(ebm, t, score, n_chains, device)(float(s[t]) * x)
         out["log_w_sd"][t] = float((f_t - f_up).std())
         chains = {"x": x}
 
@@ -126,25 +126,32 @@ def adapt_marginal_step_sizes(ebm: ConditionalEBM, n_chains: int, shape: tuple, 
     return out
 
 
-# Both ends of the step from level t+1 down to t, in level t's y = s_t x (``score`` from ``chain_score``):
-# y -> (f(y, t), grad_y f(y, t), f(r y, t+1), grad_y f(r y, t+1)) with r = s_{t+1} / s_t, i.e. the
-# log densities log g_t(x), log g_{t+1}(x) of drl/evaluate/partition.py up to constants, and
-# f(u, T) = -|u|^2 / 2 above the top EBM level (x_T ~ N(0, I)).
-def level_pair(ebm: ConditionalEBM, t: int, score: Callable):
-    s = [float(v) for v in ebm.levels["y_scale"]] + [1.0]
-    r = s[t + 1] / s[t]
+# Both ends of the step from level t+1 down to t, in level t's y = s_t x (``score`` from ``chain_score``),
+# for n chains: y -> (f(y, t), grad_y f(y, t), f(r y, t+1), grad_y f(r y, t+1)) with r = s_{t+1} / s_t,
+# i.e. the log densities log g_t(x), log g_{t+1}(x) of drl/evaluate/partition.py up to constants, and
+# f(u, T) = -|u|^2 / 2 above the top EBM level (x_T ~ N(0, I)).  The time contexts are computed once.
+def level_pair(ebm: ConditionalEBM, t: int, score: Callable, n: int, device):
+    s = level_scales(ebm)
+    r = float(s[t + 1] / s[t])
+    tt = torch.full((n,), t, dtype=torch.long, device=device)
+    ctx_t = ebm.time_context(tt)
+    ctx_up = ebm.time_context(tt + 1) if t + 1 < ebm.T else None
 
     def pair(y: torch.Tensor):
-        tt = torch.full((y.shape[0],), t, dtype=torch.long, device=y.device)
-        f_t, g_t = score(y, tt, ebm.time_context(tt))
+        f_t, g_t = score(y, tt, ctx_t)
         u = r * y
         if t + 1 == ebm.T:
             f_up, g_up = -0.5 * u.double().flatten(1).pow(2).sum(1), -u
         else:
-            f_up, g_up = score(u, tt + 1, ebm.time_context(tt + 1))
+            f_up, g_up = score(u, tt + 1, ctx_up)
         return f_t.double(), g_t, f_up.double(), r * g_up
 
     return pair
+
+
+def mix(b: float, f_t, g_t, f_up, g_up):
+    """log h_b = b log g_t + (1 - b) log g_{t+1} and its gradient, from ``level_pair``'s values."""
+    return b * f_t + (1 - b) * f_up, b * g_t + (1 - b) * g_up
 
 
 # Geometric bridges (Neal 2001: f_j = f_0^beta_j f_n^(1 - beta_j)) between consecutive levels:
@@ -164,36 +171,33 @@ def bridged_ais_log_weights(ebm: ConditionalEBM, n: int, shape: tuple, n_steps: 
     _check_ais_args(ebm, n_steps, jitter, step_sizes)
     if len(bridges) != ebm.T or min(bridges) < 1:
         raise ValueError(f"need J_t >= 1 for each of the T = {ebm.T} levels, got {list(bridges)}")
-    s = [float(v) for v in ebm.levels["y_scale"]]
+    s = [float(v) for v in level_scales(ebm)]   # s_0..s_T, s_T = 1
     log_w, acc = np.zeros((n, ebm.T)), np.full(ebm.T, math.nan)
     y = torch.randn((n, *shape), generator=generator, device=device)   # x_T = y at level T (s_T = 1)
-    s_prev = 1.0
     for t in hmc_levels(ebm, f"AIS-HMC ({n_steps}/level, bridged)", progress):
-        y = y * (s[t] / s_prev)
+        y = y * (s[t] / s[t + 1])
         eps_t = float(step_sizes[t])
         eps_up = eps_t if t + 1 == ebm.T else float(step_sizes[t + 1]) * s[t] / s[t + 1]
         J, probs = int(bridges[t]), []
         with chain_score(ebm) as score:
-            pair = level_pair(ebm, t, score)
+            pair = level_pair(ebm, t, score, n, device)
             for j in range(1, J + 1):
                 b, b_prev = j / J, (j - 1) / J
-                f_t, _, f_up, _ = pair(y)
+                f_t, g_t, f_up, g_up = pair(y)
                 log_w[:, t] += ((b - b_prev) * (f_t - f_up)).cpu().numpy()
                 if t == 0 and j == J:
                     break
 
                 def target(y, b=b):
-                    f_t, g_t, f_up, g_up = pair(y)
-                    return b * f_t + (1 - b) * f_up, b * g_t + (1 - b) * g_up
+                    return mix(b, *pair(y))
 
-                state = (y.detach(), *target(y))
+                state = (y.detach(), *mix(b, f_t, g_t, f_up, g_up))   # the weight's evaluation starts the chain
                 for _ in range(n_steps):
                     state, p = hmc_transition(target, state, eps_t ** b * eps_up ** (1 - b), n_leapfrog, generator, jitter)
                     probs.append(p)
                 y = state[0]
         if probs:
             acc[t] = float(torch.stack(probs).mean())
-        s_prev = s[t]
     return log_w, acc
 
 
