@@ -23,8 +23,11 @@ demo: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) demo
 	@echo "metrics: results/demo/metrics/*.json   figures: results/demo/figures/*.png"
 
+# pytest-xdist: TEST_WORKERS processes (0: one, as plain pytest), each taking whole test files, so that a
+# file's module-scoped fixtures (test_workflow's snakemake/dvc project) stay in one process.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 	$(MAKE) --no-print-directory test-isa
 
 # make test-isa: the rounding-sensitive tests (marker `rounding`) again on a second CPU instruction path,
