@@ -1,4 +1,4 @@
-"""Test ordering: the SLURM test runs last.  On a forced instruction path, compiled kernels of their own.
+"""Test ordering: the SLURM test is scheduled last.  On a forced instruction path, compiled kernels of their own.
 
 Once SLURM's client tools are installed (tests/test_slurm.py installs them on CI) but no controller
 answers, every later `snakemake` start spends about 10 s in the SLURM executor plugin's import-time

@@ -23,7 +23,6 @@ def test_the_forced_instruction_path_is_in_use():
     assert native != torch.backends.cpu.get_cpu_capability()
 
 
-
 @pytest.mark.skipif("ATEN_CPU_CAPABILITY" not in os.environ, reason="no instruction path forced (make test-isa does)")
 def test_the_forced_path_compiles_into_its_own_inductor_cache():
     """Inductor's cache key does not include the forced path: a kernel the native path compiled, loaded
