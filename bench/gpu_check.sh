@@ -30,6 +30,7 @@ preflight() { "$py" -c "import torch, yaml, tqdm, scipy, PIL, jsonschema, torch_
 wheels=${DRL_WHEELS:-.whl}
 if ! preflight && compgen -G "$wheels/*.whl" >/dev/null; then   # wheels only for what is missing
     site=$(mktemp -d)
+    trap 'rm -rf "$site"' EXIT   # the wheels' installation, for this run only
     if ! "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" \
             "$wheels"/*.whl; then
         echo "gpu_check: $py could not install the wheels in $wheels (made for another Python? 'make gpu-wheels GPU_PY=X.Y')" >&2
