@@ -136,3 +136,14 @@ def diffused_pair(sched: Schedule, x0: torch.Tensor, t: torch.Tensor, generator=
     x_next = _per_example(sched.a, t + 1, x0) * x_t + _per_example(sched.sigma, t + 1, x0) * eps
     y_pos = _per_example(sched.y_scale, t, x0) * x_t
     return y_pos, x_next
+
+
+# The mean of y_t = y_scale[t] x_t given x_{t+1} and x_0: x_t | x_0 ~ N(alpha_cum[t] x_0, sigma_cum[t]^2)
+# and x_{t+1} | x_t ~ N(a[t+1] x_t, sigma[t+1]^2) are conjugate (DDPM, Ho et al. 2020, eq. 7):
+#   E[x_t | x_{t+1}, x_0] = (sigma[t+1]^2 alpha_cum[t] x_0 + sigma_cum[t]^2 a[t+1] x_{t+1})
+#                           / (sigma[t+1]^2 + a[t+1]^2 sigma_cum[t]^2).
+def posterior_mean(sched: Schedule, x0: torch.Tensor, x_next: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    s2, a = sched.sigma[1:] ** 2, sched.a[1:]
+    c0 = s2 * sched.alpha_cum[:-1] / (s2 + a**2 * sched.sigma_cum[:-1] ** 2)
+    c1 = sched.sigma_cum[:-1] ** 2 * a / (s2 + a**2 * sched.sigma_cum[:-1] ** 2)
+    return _per_example(sched.y_scale, t, x0) * (_per_example(c0, t, x0) * x0 + _per_example(c1, t, x0) * x_next)

@@ -55,11 +55,19 @@ def loss_given_negatives(ebm: ConditionalEBM, y_pos: torch.Tensor, y_neg: torch.
     return loss, {"f_pos": f_pos.detach(), "f_neg": f_neg.detach()}
 
 
-# Eq. 14: (1 / (2 sigma^2)) || y_t - (x_{t+1} + sigma^2 grad f(x_{t+1}, t)) ||^2, sigma = sigma_{t+1}.
-def dsm_loss(ebm: ConditionalEBM, y_pos: torch.Tensor, x_next: torch.Tensor, t: torch.Tensor):
+# Eq. 14: (1 / (2 sigma^2)) || y_t - (x_{t+1} + sigma^2 grad f(x_{t+1}, t)) ||^2, sigma = sigma_{t+1},
+# times sigma_cum_{t+1}^2 / sigma_{t+1}^2 under ``weights="simple"`` (DDPM's L_simple: with y_t^+ at its
+# posterior mean this is 1/2 || eps + sigma_cum_{t+1} grad f ||^2, the noise-prediction error, equal per level).
+def dsm_loss(ebm: ConditionalEBM, y_pos: torch.Tensor, x_next: torch.Tensor, t: torch.Tensor,
+             weights: str = "uniform"):
     sigma2 = ebm.per_level("sigma_next", t, x_next) ** 2
     x_next = x_next.detach().requires_grad_(True)
     f, grad = ebm.score(x_next, t, create_graph=True)
     resid = y_pos - (x_next + sigma2 * grad)
     loss = (resid.flatten(1) ** 2).sum(1) / (2 * sigma2.view(-1))
+    if weights == "simple":
+        snr = torch.as_tensor(ebm.sched.sigma_cum[1:] ** 2 / ebm.sched.sigma[1:] ** 2, device=t.device)[t]
+        loss = loss * snr.to(loss.dtype)
+    elif weights != "uniform":
+        raise ValueError(f"objective.loss_weights {weights!r} is not defined for dsm; use 'uniform' or 'simple'")
     return loss, {"f_pos": f.detach(), "f_neg": f.detach()}

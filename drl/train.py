@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from drl import distributed, perf
 from drl.data.pixels import is_image_array, to_model_space
-from drl.diffusion import Schedule, diffused_pair
+from drl.diffusion import Schedule, diffused_pair, posterior_mean
 from drl.energy import ConditionalEBM
 from drl.io import atomic_path, load_checkpoint, torch_save
 from drl.model import MODEL_KEYS, build_model, load_model  # noqa: F401 (load_model: the trainer's own checkpoints)
@@ -105,9 +105,11 @@ def training_data(data: np.ndarray, device: str) -> torch.Tensor | np.ndarray:
     return data if is_image_array(data) else torch.as_tensor(np.array(data, dtype=np.float32), device=device)
 
 
-def draw_batch(x_all: torch.Tensor | np.ndarray, n: int, sched: Schedule, gen: torch.Generator, hflip: bool = False):
+def draw_batch(x_all: torch.Tensor | np.ndarray, n: int, sched: Schedule, gen: torch.Generator, hflip: bool = False,
+               positive: str = "sample"):
     """n training pairs: x_0 from the data (random horizontal flip, paper App. B), a level t, then
-    (y_t^+, x_{t+1}) by eq. 15-16."""
+    (y_t^+, x_{t+1}) by eq. 15-16; with ``positive="posterior_mean"`` y_t^+ is replaced by its mean
+    given x_{t+1} and x_0 (the same draws; for DSM the same objective up to a constant)."""
     device = gen.device
     idx = torch.randint(len(x_all), (n,), generator=gen, device=device)
     if isinstance(x_all, np.ndarray):  # uint8 images -> model space [-1, 1], NCHW; sorted rows read a memory map in order
@@ -119,6 +121,8 @@ def draw_batch(x_all: torch.Tensor | np.ndarray, n: int, sched: Schedule, gen: t
         x0 = torch.where(flip.view(-1, *[1] * (x0.dim() - 1)), x0.flip(-1), x0)
     t = torch.randint(sched.T, (n,), generator=gen, device=device)
     y_pos, x_next = diffused_pair(sched, x0, t, gen)
+    if positive == "posterior_mean":
+        y_pos = posterior_mean(sched, x0, x_next, t)
     return y_pos, x_next, t
 
 
@@ -134,7 +138,7 @@ class Objective(nn.Module):
     def forward(self, y_pos, x_next, t, gen):
         with training_iteration(self.ebm):   # spectral norm: one power iteration here or per call
             if self.ocfg["name"] == "dsm":  # eq. 14
-                return dsm_loss(self.ebm, y_pos, x_next, t)
+                return dsm_loss(self.ebm, y_pos, x_next, t, self.ocfg["loss_weights"])
             # Algorithm 1: negatives by K Langevin steps from x_{t+1}, loss w_t (f(y^-, t) - f(y^+, t)).
             return recovery_likelihood_loss(self.ebm, y_pos, x_next, t, self.scfg["K"], self.ocfg["loss_weights"],
                                             self.scfg["noise_scale"], from_generator(gen))
@@ -207,7 +211,8 @@ def _train(cfg: dict, data: np.ndarray, out_dir: Path, device: str, progress: bo
         for it in bar:
             for group in opt.param_groups:
                 group["lr"] = _lr(tcfg, it)
-            y_pos, x_next, t = draw_batch(x_all, B, ebm.sched, gen, tcfg.get("hflip", False))
+            y_pos, x_next, t = draw_batch(x_all, B, ebm.sched, gen, tcfg.get("hflip", False),
+                                          ocfg.get("positive", "sample"))
             with perf.execution(fast, precision, device):   # the perf switches and precision, around the plain maths
                 loss, info = objective(y_pos, x_next, t, gen)
             loss = loss.mean()

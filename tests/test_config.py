@@ -255,6 +255,24 @@ def test_released_step_size_ok_with_noised_level0(params, fix):
     assert validate(params) is params
 
 
+def test_posterior_mean_positives_and_simple_weights_are_for_dsm_only(params):
+    """Recovery likelihood's f(y^+) is not linear in y^+, so its mean would change the objective; the
+    loss weights are each objective's own (released: recovery likelihood; simple: DSM)."""
+    obj = params["runs"][DRL]["objective"]
+    params["runs"][DRL]["diffusion"]["top_level"] = "conditional"
+    obj.update(name="dsm", loss_weights="simple", positive="posterior_mean")
+    validate(copy.deepcopy(params))
+    for bad, key in [({"name": "recovery_likelihood", "loss_weights": "uniform"}, "positive"),
+                     ({"name": "recovery_likelihood", "positive": "sample"}, "loss_weights"),
+                     ({"loss_weights": "released"}, "loss_weights")]:
+        p = copy.deepcopy(params)
+        p["runs"][DRL]["objective"].update(bad)
+        with pytest.raises(ParamsError) as exc:
+            validate(p)
+        _, lines = problems(exc)
+        assert len(lines) == 1 and lines[0].startswith(f"runs.{DRL}.objective.{key}: "), lines
+
+
 def test_K0_and_dsm_ok_with_conditional_top(params):
     params["runs"][DRL]["diffusion"]["top_level"] = "conditional"
     params["runs"][DRL]["sampler"]["K"] = 0

@@ -55,7 +55,7 @@ def _serve(batches: list):
     """A ``draw_batch`` handing each rank its slice of the fixed global batch."""
     it = iter(batches)
 
-    def draw(x_all, n, sched, gen, hflip=False):
+    def draw(x_all, n, sched, gen, hflip=False, positive="sample"):
         rank = dist.get_rank() if dist.is_initialized() else 0
         return tuple(v[rank * n:(rank + 1) * n] for v in next(it))
 

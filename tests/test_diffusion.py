@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from drl.diffusion import (Schedule, diffused_pair, linear_sigma2_schedule, make_schedule, q_sample,
-                           released_schedule)
+from drl.diffusion import (Schedule, diffused_pair, linear_sigma2_schedule, make_schedule, posterior_mean,
+                           q_sample, released_schedule)
 from drl.energy import langevin_step_sizes
 from drl.objectives import loss_weights
 from drl.energy import ConditionalEBM
@@ -89,6 +89,34 @@ def test_diffused_marginals_and_pairs_match_closed_form(sched):
         cov = np.cov(torch.cat([y, xn], 1).T.numpy())
         np.testing.assert_allclose(cov, [[c * c * v, c * a * v], [c * a * v, a * a * v + sched.sigma[t + 1] ** 2]],
                                    rtol=0.02, atol=2e-3)
+
+
+@pytest.mark.parametrize("sched", [released_schedule(6, top_level="conditional"), linear_sigma2_schedule(5, 0.01, 0.2)],
+                         ids=["released_sigma0", "clean_level0"])
+def test_posterior_mean_is_the_regression_of_the_positive_on_its_pair_and_data(sched):
+    """(y_t, x_{t+1}, x_0) are jointly Gaussian for Gaussian x_0, so E[y_t | x_{t+1}, x_0] is the least
+    squares regression of y_t on (x_0, x_{t+1}); its residual is uncorrelated with both."""
+    g = torch.Generator().manual_seed(2)
+    n = 200_000
+    x0 = 0.3 + 0.6 * torch.randn(n, 1, generator=g, dtype=torch.float64)
+    for t in range(sched.T):
+        tt = torch.full((n,), t)
+        y, xn = diffused_pair(sched, x0, tt, g)
+        m = posterior_mean(sched, x0, xn, tt)
+        design = torch.cat([x0, xn], 1)
+        coef = torch.linalg.lstsq(design, y).solution.flatten()
+        exact = [posterior_mean(sched, torch.ones(1, 1, dtype=torch.float64), torch.zeros(1, 1, dtype=torch.float64),
+                                tt[:1]).item(),
+                 posterior_mean(sched, torch.zeros(1, 1, dtype=torch.float64), torch.ones(1, 1, dtype=torch.float64),
+                                tt[:1]).item()]
+        np.testing.assert_allclose(coef.numpy(), exact, atol=4e-3)
+        resid = y - m
+        for z in (x0, xn):   # covariance with the residual, in units of sd(y) sd(z) (the residual may be 0)
+            assert abs(((resid - resid.mean()) * (z - z.mean())).mean()) < 0.01 * y.std() * z.std()
+    # a clean level 0 (sigma_0 = 0) is known exactly from x_0
+    if sched.sigma[0] == 0:
+        y, xn = diffused_pair(sched, x0[:5], torch.zeros(5, dtype=torch.long), g)
+        torch.testing.assert_close(posterior_mean(sched, x0[:5], xn, torch.zeros(5, dtype=torch.long)), y)
 
 
 def test_pairs_use_per_example_levels():

@@ -99,3 +99,29 @@ def test_divergence_stops_with_a_clear_message_and_keeps_the_last_state(tmp_path
     assert (tmp_path / "state.pt").exists()
     state = torch.load(tmp_path / "state.pt", weights_only=True)
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_posterior_mean_positives_keep_the_draws_and_simple_weights_reach_the_loss(data):
+    """``objective.positive: posterior_mean`` changes y_t^+ only (the same x_0, t and x_{t+1} draws), to
+    E[y_t | x_{t+1}, x_0]; ``loss_weights: simple`` multiplies each example's eq. 14 by
+    sigma_cum_{t+1}^2 / sigma_{t+1}^2 in the training loop's objective."""
+    from drl.diffusion import posterior_mean
+    from drl.model import build_model
+    from drl.objectives import dsm_loss
+    from drl.train import Objective, draw_batch, training_data
+
+    cfg = tiny_cfg()
+    cfg["objective"] = {"name": "dsm", "loss_weights": "simple", "positive": "posterior_mean"}
+    torch.manual_seed(0)
+    ebm = build_model({k: cfg[k] for k in ("diffusion", "energy", "sampler")})
+    x_all = training_data(data, "cpu")
+    y, xn, t = draw_batch(x_all, 64, ebm.sched, torch.Generator().manual_seed(5))
+    y_pm, xn_pm, t_pm = draw_batch(x_all, 64, ebm.sched, torch.Generator().manual_seed(5), positive="posterior_mean")
+    assert torch.equal(xn, xn_pm) and torch.equal(t, t_pm) and not torch.equal(y, y_pm)
+    x0 = x_all[torch.randint(len(x_all), (64,), generator=torch.Generator().manual_seed(5))]
+    torch.testing.assert_close(y_pm, posterior_mean(ebm.sched, x0, xn, t))
+    loss, _ = Objective(ebm, cfg["objective"], cfg["sampler"])(y_pm, xn, t, torch.Generator())
+    plain, _ = dsm_loss(ebm, y_pm, xn, t)
+    snr = torch.as_tensor(ebm.sched.sigma_cum[1:] ** 2 / ebm.sched.sigma[1:] ** 2, dtype=plain.dtype)[t]
+    torch.testing.assert_close(loss, plain * snr)
+    assert not torch.allclose(loss, plain)
