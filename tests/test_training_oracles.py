@@ -47,28 +47,16 @@ def test_recovery_likelihood_recovers_closed_form_energy():
         assert ebm.net.log_v[t].exp().item() / tau[0] ** 2 == pytest.approx(1, abs=0.06)
 
 
-def test_dsm_learns_the_score_of_the_noisier_marginal():
+@pytest.mark.parametrize("positive", ["sample", "posterior_mean"])
+def test_dsm_learns_the_score_of_the_noisier_marginal(positive):
     """DSM (eq. 14) makes grad f(x~) the score of p(x_{t+1}) (Tweedie), not of p(y_t): for Gaussian
     data the learned variance is tau_t^2 + sigma_{t+1}^2 exactly (the O(sigma^2) gap of Sec. 3.4 and
-    Appendix A.3)."""
+    Appendix A.3).  ``objective.positive: posterior_mean`` (y_t^+ replaced by E[y_t | x_{t+1}, x_0])
+    changes eq. 14 by a constant, so it reaches the same fixed point."""
     data = GaussianMixtureData([[0.6, -0.4]], [0.5])
     sched = linear_sigma2_schedule(3, 0.05, 0.2)
     ebm = ConditionalEBM(QuadraticNet(sched.T, 2), sched, "paper", 0.4, "plain")
-    _fit(ebm, data, "dsm", iters=500)
-    for t in range(sched.T):
-        mu, tau, _ = data.level(sched, t)
-        np.testing.assert_allclose(ebm.net.mu[t].detach().numpy(), mu[0], atol=0.03)
-        target = tau[0] ** 2 + sched.sigma[t + 1] ** 2
-        assert ebm.net.log_v[t].exp().item() / target == pytest.approx(1, abs=0.03)
-
-
-def test_dsm_on_the_posterior_mean_learns_the_same_score():
-    """``objective.positive: posterior_mean``: y_t^+ replaced by E[y_t | x_{t+1}, x_0] changes eq. 14
-    by a constant, so DSM reaches the same closed-form fixed point as above."""
-    data = GaussianMixtureData([[0.6, -0.4]], [0.5])
-    sched = linear_sigma2_schedule(3, 0.05, 0.2)
-    ebm = ConditionalEBM(QuadraticNet(sched.T, 2), sched, "paper", 0.4, "plain")
-    _fit(ebm, data, "dsm", iters=500, positive="posterior_mean")
+    _fit(ebm, data, "dsm", iters=500, positive=positive)
     for t in range(sched.T):
         mu, tau, _ = data.level(sched, t)
         np.testing.assert_allclose(ebm.net.mu[t].detach().numpy(), mu[0], atol=0.03)
