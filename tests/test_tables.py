@@ -82,6 +82,11 @@ def test_claims_hold_reverse_or_stay_unresolved_by_their_margin_in_standard_erro
     assert [c["verdict"] for c in claims[3:]] == ["holds", "does not hold"]
     md = claims_markdown(claims)
     assert "| A beats B | A | B | fid | 11 | 21 | -, - | 12.2 | holds |" in md
+    # not_higher: A no worse than B (lower is better), however much better: holds for A vs B and A vs C,
+    # not for B vs A (12 standard errors above)
+    kept = claim_rows([{"claim": c, "kind": "not_higher", "rows": r} for c, r in
+                       (("A kept", ["A", "B"]), ("A kept vs C", ["A", "C"]), ("B kept", ["B", "A"]))], rows)
+    assert [c["verdict"] for c in kept] == ["holds", "holds", "does not hold"]
 
 
 def test_a_diverged_row_loses_its_claims():
@@ -92,6 +97,9 @@ def test_a_diverged_row_loses_its_claims():
     lower, similar = claim_rows([{"claim": "K10 unstable", "kind": "lower", "rows": ["K30", "K10"]},
                                  {"claim": "same", "kind": "similar", "rows": ["K30", "K10"]}], rows)
     assert (lower["verdict"], lower["margin_se"]) == ("holds", "B diverged") and similar["verdict"] == "does not hold"
+    kept, lost = claim_rows([{"claim": "K30 no worse", "kind": "not_higher", "rows": ["K30", "K10"]},
+                             {"claim": "K10 no worse", "kind": "not_higher", "rows": ["K10", "K30"]}], rows)
+    assert (kept["verdict"], lost["verdict"]) == ("holds", "does not hold")
     reverse = claim_rows([{"claim": "K10 beats K30", "kind": "lower", "rows": ["K10", "K30"]}], rows)[0]
     assert reverse["verdict"] == "does not hold"
     some = table_rows(table, lambda seed_run: {"fid": None, "diverged_iteration": 9} if seed_run == "b1" else {"fid": 5.0},

@@ -114,11 +114,13 @@ CLAIM_Z = 2.0
 def claim_rows(claims: list[dict], rows: list[dict]) -> list[dict]:
     """Each claim of a table (``{claim, kind, rows: [A, B], metric}``) tested on its measured rows.
 
-    ``lower``: A's metric is below B's.  ``similar``: no difference is resolved.  The margin is
-    (B - A) / sqrt(se_A^2 + se_B^2), the se of a row over several seeds being that of its mean (the
-    spread retraining gives), of a single run its own.  ``lower`` holds at margin >= CLAIM_Z, is
-    reversed at <= -CLAIM_Z and unresolved between; ``similar`` holds at |margin| < CLAIM_Z.  A row
-    that diverged counts as the worse one: it is what the paper calls an unstable setting."""
+    ``lower``: A's metric is below B's.  ``similar``: no difference is resolved.  ``not_higher``: A's
+    metric is not resolved above B's (e.g. longer chains keep the FID: no worse, better allowed).  The
+    margin is (B - A) / sqrt(se_A^2 + se_B^2), the se of a row over several seeds being that of its
+    mean (the spread retraining gives), of a single run its own.  ``lower`` holds at margin >= CLAIM_Z,
+    is reversed at <= -CLAIM_Z and unresolved between; ``similar`` holds at |margin| < CLAIM_Z;
+    ``not_higher`` at margin > -CLAIM_Z.  A row that diverged counts as the worse one: it is what the
+    paper calls an unstable setting."""
     by_label = {r["label"]: r for r in rows}
     out = []
     for c in claims:
@@ -128,12 +130,14 @@ def claim_rows(claims: list[dict], rows: list[dict]) -> list[dict]:
         a_diverged, b_diverged = (str(v).startswith("diverged") for v in (va, vb))
         if a_diverged or b_diverged:
             lower_holds = b_diverged and not a_diverged
-            verdict = ("holds" if lower_holds else "does not hold") if c["kind"] == "lower" else "does not hold"
+            verdict = "holds" if lower_holds and c["kind"] in ("lower", "not_higher") else "does not hold"
             margin = f"{'B' if b_diverged else 'A'} diverged"
         elif all(isinstance(v, (int, float)) for v in (va, vb, a[f"{m}_se"], b[f"{m}_se"])):
             margin = (vb - va) / math.hypot(a[f"{m}_se"], b[f"{m}_se"])
             if c["kind"] == "lower":
                 verdict = "holds" if margin >= CLAIM_Z else "reversed" if margin <= -CLAIM_Z else "not resolved"
+            elif c["kind"] == "not_higher":
+                verdict = "holds" if margin > -CLAIM_Z else "does not hold"
             else:
                 verdict = "holds" if abs(margin) < CLAIM_Z else "does not hold"
         out.append({"claim": c["claim"], "kind": c["kind"], "metric": m, "row_a": a["label"], "row_b": b["label"],
@@ -152,7 +156,8 @@ def claims_markdown(claims: list[dict]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines + ["", f"se: of each row's mean over its seeds. \"lower\" holds at a margin of at least "
                                    f"{CLAIM_Z:g}, is reversed at -{CLAIM_Z:g} or below, and is not resolved between; "
-                                   f"\"similar\" holds when |margin| < {CLAIM_Z:g}. A diverged row counts as the worse. "
+                                   f"\"similar\" holds when |margin| < {CLAIM_Z:g}; \"not higher\" when the margin is "
+                                   f"above -{CLAIM_Z:g}. A diverged row counts as the worse. "
                                    "With 3 seeds per row these are rough tests (a t distribution with 2 degrees of "
                                    "freedom would ask for 4.3)."]) + "\n"
 
