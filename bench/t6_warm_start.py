@@ -56,6 +56,16 @@ def main():
                                 "ema": ema.model.state_dict(), "iteration": iteration, "log": []})
 
     log, t0 = [], time.time()
+
+    def step(phase, it, loss):
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        ema.update(ebm)
+        if (it + 1) % 250 == 0:
+            log.append({"phase": phase, "iteration": it + 1, "loss": loss.item(), "seconds": time.time() - t0})
+            print(log[-1], flush=True)
+
     for it in range(args.dsm):
         for g in opt.param_groups:
             g["lr"] = tcfg["lr"] * min(1.0, (it + 1) / tcfg["warmup"])
@@ -67,14 +77,7 @@ def main():
         y = _per_example(m_all, t, x0) * x0 + s * eps
         with training_iteration(ebm):
             _, grad = ebm.score(y, t, create_graph=True)
-        loss = 0.5 * ((s * grad + eps).flatten(1) ** 2).sum(1).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        ema.update(ebm)
-        if (it + 1) % 250 == 0:
-            log.append({"phase": "dsm", "iteration": it + 1, "loss": loss.item(), "seconds": time.time() - t0})
-            print(log[-1], flush=True)
+        step("dsm", it, 0.5 * ((s * grad + eps).flatten(1) ** 2).sum(1).mean())
     save("model_dsm.pt", args.dsm)
     objective = Objective(ebm, cfg["objective"], cfg["sampler"])
     for it in range(args.rl):
@@ -83,14 +86,7 @@ def main():
         y_pos, x_next, t = draw_batch(data, B, sched, gen, False, "sample")
         with perf.execution(fast, "fp32", "cpu"):
             loss, _ = objective(y_pos, x_next, t, gen)
-        loss = loss.mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        ema.update(ebm)
-        if (it + 1) % 250 == 0:
-            log.append({"phase": "rl", "iteration": it + 1, "loss": loss.item(), "seconds": time.time() - t0})
-            print(log[-1], flush=True)
+        step("rl", it, loss.mean())
         if (it + 1) % 500 == 0 and it + 1 < args.rl:
             save(f"model_rl{it + 1}.pt", args.dsm + it + 1)
     save("model.pt", args.dsm + args.rl)
