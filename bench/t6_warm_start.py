@@ -32,6 +32,17 @@ from drl.stages.common import prepared
 from drl.train import EMA, Objective, _lr, draw_batch
 
 
+# Multi-level DSM on each level's own marginal: y_t = m_t x_0 + s_t eps, loss 1/2 |s_t grad_y f(y_t, t) + eps|^2
+# (batch mean), whose minimiser has grad_y f(., t) = grad log p(y_t), as recovery likelihood's optimum.
+def marginal_dsm_loss(ebm, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    sched = ebm.sched
+    s = _per_example(sched.y_scale * sched.sigma_cum[:-1], t, x0)
+    y = _per_example(sched.y_scale * sched.alpha_cum[:-1], t, x0) * x0 + s * eps
+    with training_iteration(ebm):
+        _, grad = ebm.score(y, t, create_graph=True)
+    return 0.5 * ((s * grad + eps).flatten(1) ** 2).sum(1).mean()
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", required=True)
@@ -49,7 +60,6 @@ def main():
     gen = torch.Generator().manual_seed(tcfg["seed"])
     data = prepared(cfg["dataset"], "train")
     sched, B = ebm.sched, tcfg["batch_size"]
-    m_all, s_all = sched.y_scale * sched.alpha_cum[:-1], sched.y_scale * sched.sigma_cum[:-1]
 
     def save(name, iteration):
         torch_save(out / name, {"model_cfg": {k: cfg[k] for k in MODEL_KEYS}, "cfg": cfg, "model": ebm.state_dict(),
@@ -73,11 +83,7 @@ def main():
         x0 = torch.from_numpy(to_model_space(data[np.sort(idx.numpy())]))
         t = torch.randint(sched.T, (B,), generator=gen)
         eps = torch.randn(x0.shape, generator=gen)
-        s = _per_example(s_all, t, x0)
-        y = _per_example(m_all, t, x0) * x0 + s * eps
-        with training_iteration(ebm):
-            _, grad = ebm.score(y, t, create_graph=True)
-        step("dsm", it, 0.5 * ((s * grad + eps).flatten(1) ** 2).sum(1).mean())
+        step("dsm", it, marginal_dsm_loss(ebm, x0, t, eps))
     save("model_dsm.pt", args.dsm)
     objective = Objective(ebm, cfg["objective"], cfg["sampler"])
     for it in range(args.rl):
