@@ -154,8 +154,9 @@ def claims_markdown(claims: list[dict]) -> str:
                  f"{_fmt(c['a_paper'])}, {_fmt(c['b_paper'])}",
                  f"{c['margin_se']:.1f}" if isinstance(c["margin_se"], float) else _fmt(c["margin_se"]), c["verdict"]]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines + ["", f"se: of each row's mean over its seeds. \"lower\" holds at a margin of at least "
-                                   f"{CLAIM_Z:g}, is reversed at -{CLAIM_Z:g} or below, and is not resolved between; "
+    return "\n".join(lines + ["", "se: of each row's mean over its seeds (of a one-run row, its own). "
+                                   f"\"lower\" holds at a margin of at least {CLAIM_Z:g}, is reversed at -{CLAIM_Z:g} "
+                                   "or below, and is not resolved between; "
                                    f"\"similar\" holds when |margin| < {CLAIM_Z:g}; \"not higher\" when the margin is "
                                    f"above -{CLAIM_Z:g}. A diverged row counts as the worse. "
                                    "With 3 seeds per row these are rough tests (a t distribution with 2 degrees of "
