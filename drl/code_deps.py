@@ -57,7 +57,14 @@ def _module_closure(module: str) -> frozenset[str]:
 
 def function_code(module: str, function: str) -> list[str]:
     """The files (relative to the project root, sorted) that ``module.function`` runs: the module, the
-    module-level functions it calls there, and the closure of every drl module any of them imports."""
+    module-level functions it calls there, and the closure of every drl module any of them imports.
+    Computed once per process (as ``_module_closure``): the DAG asks it for each of its ~2000 stages,
+    and re-parsing every module each time made Snakemake spend ~20 s building the DAG."""
+    return list(_function_code(module, function))
+
+
+@lru_cache(maxsize=None)
+def _function_code(module: str, function: str) -> tuple[str, ...]:
     tree = ast.parse(_file(module).read_text())
     functions = {n.name: n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
     if function not in functions:
@@ -72,4 +79,4 @@ def function_code(module: str, function: str) -> list[str]:
     parents = {".".join(module.split(".")[:i]) for i in range(1, module.count(".") + 1)}
     modules = {module, *filter(_file, parents)}.union(
         *(_module_closure(m) for m in _imports(top_level + list(body.values()), module)))
-    return sorted(str(_file(m).relative_to(ROOT)) for m in modules)
+    return tuple(sorted(str(_file(m).relative_to(ROOT)) for m in modules))
