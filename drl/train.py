@@ -228,7 +228,7 @@ def _train(cfg: dict, data: np.ndarray, out_dir: Path, device: str, progress: bo
                     + (f"the last good state is in {state_path}" if state_path.exists() else
                        "no checkpoint was written before (train.checkpoint_every)")
                     + ". Likely causes: Langevin steps too large for the energy "
-                    f"(lower sampler.b, or raise sampler.K) or too high a learning rate (lower train.lr)",
+                    "(lower sampler.b, or raise sampler.K) or too high a learning rate (lower train.lr)",
                     {"iteration": it, "loss": global_loss, "max_abs_f": max_f})
             opt.zero_grad(set_to_none=True)
             loss.backward()
