@@ -7,7 +7,11 @@ rule refstats:
         values=params_of("refstats"),
     log:
         "logs/refstats/{dataset}/{split}_{extractor}.log",
-    threads: 2
+    # Every evaluation of the dataset waits on these statistics, so they go first.  Inception over a
+    # large split wants threads; the digits classifier's ~2000 features take seconds on one, and two
+    # would hold its job until every running training had ended (`--cores 2`: the demo's tail).
+    priority: 1000
+    threads: lambda wc: 8 if config["extractors"][wc.extractor]["kind"] == "inception" else 1
     resources:
         mem_mb=8000,
         runtime=120,
@@ -46,6 +50,7 @@ rule evaluate:
         values=params_of("metrics"),
     log:
         "logs/evaluate/{group}/{run}.log",
+    priority: run_priority
     threads: 1
     resources:
         gpu=run_resource("gpu", 0),
