@@ -80,7 +80,6 @@ def run_resource(name, default):
 
 
 def run_priority(wc):
-    """Longest runs first: a run's `resources.runtime` (minutes) as the priority of each of its jobs
-    (train, sample, long_run, evaluate), so that on a few cores the longest chain of jobs starts at
-    once and runs without waiting behind short ones, which fill in around it."""
+    """Longest jobs first: a run's `resources.runtime` (minutes) as the job's priority, so that on a
+    few cores the long trainings start at once and the short ones fill in around them."""
     return config["runs"][wc.run].get("resources", {}).get("runtime", 0)

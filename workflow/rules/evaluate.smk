@@ -50,7 +50,6 @@ rule evaluate:
         values=params_of("metrics"),
     log:
         "logs/evaluate/{group}/{run}.log",
-    priority: run_priority
     threads: 1
     resources:
         gpu=run_resource("gpu", 0),

@@ -32,7 +32,6 @@ rule sample:
     log:
         "logs/sample/{group}/{run}.log",
     # One thread, as train: on a few cores a 2-thread job waits until every running training has ended.
-    priority: run_priority
     threads: 1
     resources:
         gpu=run_resource("gpu", 0),
