@@ -178,6 +178,13 @@ def _validator() -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator(yaml.safe_load(SCHEMA_PATH.read_text()))
 
 
+def _message(error: jsonschema.ValidationError) -> str:
+    """The schema's own ``errorMessage`` where it gives one (a refusal that jsonschema can only word as
+    "should not be valid under ..."), else jsonschema's."""
+    own = error.schema.get("errorMessage") if isinstance(error.schema, dict) else None
+    return " ".join(own.split()) if own else error.message
+
+
 def validate(params: dict, source: str = "params.yaml") -> dict:
     """Check ``params`` against the schema and the rules above, then expand training seeds in place
     (``expand_seeds``); returns it."""
@@ -187,7 +194,7 @@ def validate(params: dict, source: str = "params.yaml") -> dict:
         as_written = {**params, "runs": written}   # are not params.yaml's: the schema does not see them
     else:
         as_written = params
-    errors = [f"{_key(e.absolute_path)}: {e.message}" for e in _validator().iter_errors(as_written)]
+    errors = [f"{_key(e.absolute_path)}: {_message(e)}" for e in _validator().iter_errors(as_written)]
     errors += [f"runs.{name}.perf.sn_power_iteration: now runs.{name}.energy.sn_power_iteration (it changes the "
                "function trained, so it is part of the model's definition); move it there"
                for name, run in (written.items() if isinstance(runs, dict) else ())
