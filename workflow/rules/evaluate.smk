@@ -8,7 +8,7 @@ rule refstats:
     log:
         "logs/refstats/{dataset}/{split}_{extractor}.log",
     # Every evaluation of the dataset waits on these statistics, so they go first.  Inception over a
-    # large split wants threads; the digits classifier's ~2000 features take seconds on one, and two
+    # large split wants threads; the digits classifier's 1617 features take seconds on one, and two
     # would hold its job until every running training had ended (`--cores 2`: the demo's tail).
     priority: 1000
     threads: lambda wc: 8 if config["extractors"][wc.extractor]["kind"] == "inception" else 1
