@@ -93,6 +93,10 @@ def test_code_dependencies_follow_each_stage_functions_imports():
     assert {"drl/evaluate/quadrature.py", "drl/evaluate/partition.py"} <= set(code("evaluate"))  # via helpers
     assert "drl/interpolate.py" in code("figure") and "drl/cli.py" not in code("figure")
     assert set(function_code("drl.stages.data", "prepare")) >= {"drl/data/images.py", "drl/data/lsun.py"}
+    # computed once per process, but each caller gets its own list: a caller's edit does not reach the next
+    first = code("train")
+    first.append("not/a/module.py")
+    assert "not/a/module.py" not in code("train")
 
 
 def test_every_command_dispatches_to_a_stage_function():
@@ -139,6 +143,21 @@ def test_paper_table_dry_run_lists_every_configuration_and_the_raw_files(table):
                              f"fetched={params['extractors']['inception']['weights']}"}
     assert "missing_input" not in jobs
     assert jobs["prepare"] == {"dataset=cifar10"} and len(jobs["refstats"]) == 1
+
+
+def _refstats_jobs(target: str, cores: int) -> list[str]:
+    out = run(["snakemake", "-n", "--forceall", "--cores", str(cores), target], ROOT).stdout
+    return [b for b in out.split("\nrule ")[1:] if b.startswith("refstats:")]
+
+
+def test_reference_statistics_go_first_on_the_threads_their_extractor_needs():
+    """Every evaluation of a dataset waits on its reference statistics, so they run as soon as it is
+    prepared.  The digits classifier's take one thread: with two, on `--cores 2` (the demo), the job
+    waited until both running trainings had ended.  Inception's take 8 where there are cores."""
+    (digits,) = _refstats_jobs("demo", 2)
+    assert "priority: 1000" in digits and not re.search(r"^\s+threads:", digits, flags=re.M), digits
+    (inception,) = _refstats_jobs(load_params(ROOT / "params.yaml")["tables"]["table2"]["output"], 16)
+    assert "priority: 1000" in inception and re.search(r"^\s+threads: 8$", inception, flags=re.M), inception
 
 
 def test_figure_dry_run_trains_each_pictured_model():
